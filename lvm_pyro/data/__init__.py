@@ -1,0 +1,7 @@
+"""Datasets as in-memory tensors (no model knowledge here)."""
+
+from .binarize import BINARIZATIONS, Binarizer, binarize, binarize_test
+from .datasets import DATASETS, DatasetNotFoundError, ImageDataset, default_root, load_dataset
+
+__all__ = ["load_dataset", "ImageDataset", "DatasetNotFoundError", "DATASETS", "default_root",
+           "binarize", "binarize_test", "Binarizer", "BINARIZATIONS"]

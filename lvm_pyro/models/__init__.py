@@ -1,0 +1,8 @@
+"""Generative models p(x, z) as Pyro programs (site names: :mod:`lvm_pyro.sites`)."""
+
+from .likelihoods import BernoulliLikelihood, GaussianLikelihood, Likelihood, make_likelihood
+from .linear_gaussian import LinearGaussianModel
+from .vae import VAEModel
+
+__all__ = ["VAEModel", "LinearGaussianModel", "Likelihood", "BernoulliLikelihood",
+           "GaussianLikelihood", "make_likelihood"]

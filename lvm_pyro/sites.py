@@ -1,0 +1,103 @@
+"""The site-name contract shared by every model, guide, estimator and diagnostic.
+
+A user's own Pyro program that follows these conventions works with every estimator
+and diagnostic in :mod:`lvm_pyro`:
+
+* ``model(x, *, num_data=None, idx=None)`` and ``guide(x, *, num_data=None, idx=None)``;
+  a program that takes only ``x`` still works (unscaled).
+* One ``pyro.plate("data", num_data or len(x), subsample=idx)`` wraps every site that
+  belongs to a datapoint (use :func:`data_plate`).
+* Observation site ``"x"``, latent ``"z"``, VQ code indices ``"codes"``,
+  dequantisation noise ``"u"``; model and guide use the same latent names.
+* Auxiliary terms that are not part of p(x, z) (VQ codebook / commitment losses) are
+  factors added with :func:`auxiliary_factor` (site ``infer={"lvm_auxiliary": True}``):
+  training objectives include them, every likelihood estimate leaves them out. (Pyro's
+  own ``pyro.factor`` marks *every* factor ``is_auxiliary``, so that flag cannot tell a
+  loss term from a factor that is part of a user's p(x, z); ours can.)
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Optional
+
+import pyro
+import pyro.distributions as dist
+import torch
+
+DATA_PLATE = "data"
+OBS = "x"
+LATENT = "z"
+CODES = "codes"
+NOISE = "u"
+PARTICLE_PLATE = "_num_particles_vectorized"
+AUXILIARY = "lvm_auxiliary"
+
+__all__ = [
+    "DATA_PLATE", "OBS", "LATENT", "CODES", "NOISE", "PARTICLE_PLATE", "AUXILIARY",
+    "data_plate", "program_kwargs", "auxiliary_factor",
+]
+
+
+def data_plate(x: torch.Tensor, num_data: Optional[int] = None,
+               idx: Optional[torch.Tensor] = None) -> pyro.plate:
+    """The ``"data"`` plate of the site convention.
+
+    Args:
+        x: (batch, ...) the minibatch; its first dimension is the plate's subsample size.
+        num_data: the dataset size N; sites inside are scaled by N / batch. ``None``
+            means the minibatch is the whole data set (scale 1).
+        idx: (batch,) int64 indices of the minibatch in the data set, or ``None``.
+
+    Returns:
+        ``pyro.plate("data", N, subsample=idx)`` at ``dim=-1``.
+
+    Raises:
+        ValueError: if ``idx`` has a length other than ``len(x)``, or ``num_data`` is
+            smaller than the batch.
+    """
+    batch = x.shape[0]
+    if idx is not None and len(idx) != batch:
+        raise ValueError(f"idx has {len(idx)} entries but x has batch size {batch}; "
+                         "pass the minibatch indices of exactly the rows of x")
+    if num_data is None:
+        return pyro.plate(DATA_PLATE, batch, dim=-1)
+    if num_data < batch:
+        raise ValueError(f"num_data={num_data} is smaller than the batch size {batch}")
+    if idx is None:
+        idx = torch.arange(batch, device=x.device)
+    return pyro.plate(DATA_PLATE, num_data, subsample=idx, dim=-1)
+
+
+def auxiliary_factor(name: str, value: torch.Tensor) -> None:
+    """Add an auxiliary loss term ``value`` (log-density units, higher is better) that
+    training objectives include and likelihood estimates leave out (e.g. the VQ-VAE
+    codebook / commitment terms, negated)."""
+    unit = dist.Unit(value, has_rsample=True)
+    pyro.sample(name, unit, obs=unit.sample(), infer={"is_auxiliary": True, AUXILIARY: True})
+
+
+def _accepted(fn: Callable) -> tuple[bool, bool]:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins / C callables: assume they accept all
+        return True, True
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return True, True
+    return "num_data" in params, "idx" in params
+
+
+def program_kwargs(fn: Callable, num_data: Optional[int] = None,
+                   idx: Optional[torch.Tensor] = None) -> dict[str, Any]:
+    """Keyword arguments of the site convention that ``fn`` accepts.
+
+    A user's program with signature ``f(x)`` gets ``{}`` (and runs unscaled); one that
+    declares ``num_data`` / ``idx`` (or ``**kwargs``) gets them.
+    """
+    takes_n, takes_idx = _accepted(fn)
+    out: dict[str, Any] = {}
+    if takes_n and num_data is not None:
+        out["num_data"] = num_data
+    if takes_idx and idx is not None:
+        out["idx"] = idx
+    return out

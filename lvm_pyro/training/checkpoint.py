@@ -1,0 +1,129 @@
+"""Checkpoints: one file, written atomically, loaded with ``weights_only=True``.
+
+Contents (all plain tensors, numbers, strings, lists and dicts, so a file from elsewhere
+cannot run code when loaded): Pyro parameters as *unconstrained* tensors (constraints are
+re-derived from the programs on load), module state dicts (buffers such as EMA
+codebooks), the optimiser state, every RNG state (torch, numpy, python, data shuffling,
+binarisation), epoch / step counters, the loss history and the run configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "get_rng_state",
+           "set_rng_state", "restore_params", "FORMAT"]
+
+FORMAT = "lvm_pyro.checkpoint/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, or does not match the run it is loaded into."""
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Global RNG states (torch CPU, numpy, python) as weights_only-safe objects."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": [s for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+        "numpy": {"name": np_state[0], "keys": torch.as_tensor(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
+                  "cached_gaussian": float(np_state[4])},
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`get_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` to ``path`` atomically (temporary file in the same folder,
+    fsync, rename): a crash mid-write leaves the previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, **payload}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``torch.load(weights_only=True)``.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable / corrupt, or not an lvm_pyro
+            checkpoint; the message names the file and the fix.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}; train first (lvm-pyro fit --out DIR) "
+                              "or point to an existing run directory")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not loadable safely ({type(e).__name__}: {e}); "
+            "delete it and retrain, or restore it from a copy") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an lvm_pyro checkpoint (format "
+                              f"{payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r}, "
+                              f"expected {FORMAT!r})")
+    return payload
+
+
+def restore_params(payload: dict[str, Any], modules: dict[str, torch.nn.Module]) -> None:
+    """Load module state dicts and the Pyro param store's unconstrained values from a
+    checkpoint. The programs must have run once so that every parameter exists (with the
+    constraint its program declares).
+
+    Raises:
+        CheckpointError: a module, parameter name or shape does not match.
+    """
+    import pyro
+
+    for k, m in modules.items():
+        if k not in payload["modules"]:
+            raise CheckpointError(f"checkpoint has no state for module '{k}'")
+        try:
+            m.load_state_dict(payload["modules"][k])
+        except RuntimeError as e:
+            raise CheckpointError(f"checkpoint does not match the {k}'s architecture: {e}") from e
+    ps = dict(pyro.get_param_store().named_parameters())
+    saved = payload["params"]
+    if set(saved) != set(ps):
+        raise CheckpointError(
+            "checkpoint parameters do not match the programs': missing "
+            f"{sorted(set(ps) - set(saved))[:5]}, unexpected {sorted(set(saved) - set(ps))[:5]}")
+    with torch.no_grad():
+        for k, v in saved.items():
+            if ps[k].shape != v.shape:
+                raise CheckpointError(f"parameter '{k}' has shape {tuple(v.shape)} in the "
+                                      f"checkpoint but {tuple(ps[k].shape)} here")
+            ps[k].copy_(v)

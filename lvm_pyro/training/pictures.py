@@ -1,0 +1,69 @@
+"""Pictures a person would rather see: sample grids, reconstructions, loss curves.
+Image grids via torchvision, curves via matplotlib (Agg backend, files only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pyro.poutine as poutine
+import torch
+from torchvision.utils import save_image
+
+from ..sites import OBS, program_kwargs
+
+__all__ = ["save_grid", "reconstruct", "prior_samples", "save_reconstructions", "save_loss_curve"]
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
+    """Save (n, C, H, W) images in [0, 1] as a PNG grid (torchvision.utils.save_image)."""
+    path = Path(path)
+    save_image(images.detach().float().clamp(0, 1).cpu(), path, nrow=nrow, padding=1, pad_value=0.5)
+    return path
+
+
+@torch.no_grad()
+def reconstruct(model: Callable, guide: Callable, x: torch.Tensor) -> torch.Tensor:
+    """Mean of p(x | z) at z ~ q(z | x), for any model / guide with an ``"x"`` site whose
+    distribution has a ``mean``: (batch, ...) -> (batch, ...)."""
+    with poutine.block():
+        gt = poutine.trace(guide).get_trace(x, **program_kwargs(guide))
+        mt = poutine.trace(poutine.replay(model, trace=gt)).get_trace(x, **program_kwargs(model))
+    return mt.nodes[OBS]["fn"].mean.reshape(x.shape)
+
+
+@torch.no_grad()
+def prior_samples(model: Callable, x_like: torch.Tensor) -> torch.Tensor:
+    """Mean of p(x | z) at z ~ p(z), one per row of ``x_like`` (a batch of valid data used
+    only for its shape; the observation is uncondition-ed)."""
+    with poutine.block():
+        mt = poutine.trace(poutine.uncondition(model)).get_trace(x_like, **program_kwargs(model))
+    return mt.nodes[OBS]["fn"].mean.reshape(x_like.shape)
+
+
+def save_reconstructions(model, guide, x: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
+    """Originals (odd rows) above their reconstructions (even rows)."""
+    rec = reconstruct(model, guide, x)
+    rows = []
+    for i in range(0, len(x), nrow):
+        rows += [x[i:i + nrow], rec[i:i + nrow]]
+    return save_grid(torch.cat(rows), path, nrow=nrow)
+
+
+def save_loss_curve(history: Sequence[dict], path: str | Path, ylabel: str = "loss (nats / example)") -> Path:
+    """Plot per-epoch training loss (and any ``test_*`` keys present) to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ep = [h["epoch"] for h in history]
+    ax.plot(ep, [h["loss"] for h in history], marker="o", label="train loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

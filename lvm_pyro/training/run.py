@@ -1,0 +1,215 @@
+"""Run directories: train from a configuration, evaluate, sample, and :func:`load_run`.
+
+A run directory holds ``config.json``, ``checkpoint.pt`` (see
+:mod:`lvm_pyro.training.checkpoint`), ``metrics.json``, ``samples.png``,
+``reconstructions.png`` and ``loss_curve.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any, NamedTuple, Optional
+
+import pyro
+import pyro.poutine as poutine
+import torch
+
+from ..data import binarize_test, load_dataset
+from ..inference import elbo_per_datapoint, log_marginal_likelihood, summarize_nll
+from .builders import build_elbo, build_model
+from .checkpoint import CheckpointError, load_checkpoint, restore_params
+from .loop import Trainer, adapt_program
+from .pictures import prior_samples, save_grid, save_loss_curve, save_reconstructions
+
+__all__ = ["Run", "load_run", "train_run", "evaluate_run", "sample_run", "prepare_data",
+           "DEFAULT_CONFIG"]
+
+CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE = "config.json", "checkpoint.pt", "metrics.json"
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "model": "vae", "data": "digits", "data_root": None, "z_dim": 10, "hidden_dim": 200,
+    "num_hidden": 2, "network": "mlp", "activation": "tanh", "likelihood": "bernoulli",
+    "elbo": "trace", "num_particles": 1, "batch_size": 100, "lr": 1e-3, "epochs": 60,
+    "seed": 0, "binarization": "dynamic", "device": "cpu",
+}
+
+
+class Run(NamedTuple):
+    """A finished (or interrupted) run: ``model`` and ``guide`` with trained parameters,
+    its ``config`` dict and ``path``."""
+
+    model: Any
+    guide: Any
+    config: dict
+    path: Path
+
+
+def prepare_data(config: dict, split: str, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The tensor a run trains / evaluates on: (N, C, H, W) float on ``device``. The test
+    split is binarised once with seed 0 when the run binarises; otherwise intensities."""
+    ds = load_dataset(config["data"], split, config.get("data_root"))
+    x = ds.images
+    if split == "test" and config.get("binarization", "dynamic") != "none":
+        x = binarize_test(x, seed=0)
+    return x.to(device)
+
+
+def _versions() -> dict:
+    import arviz
+    import torchvision
+
+    from .. import __version__
+    return {"lvm_pyro": __version__, "pyro": pyro.__version__, "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "arviz": arviz.__version__,
+            "python": platform.python_version()}
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+def train_run(config: dict, out: str | Path, *, resume: bool = False, progress: bool = True,
+              num_samples: int = 1000, num_test: Optional[int] = None) -> dict:
+    """Train a model from ``config`` into run directory ``out``, then evaluate and draw.
+
+    Args:
+        config: keys of :data:`DEFAULT_CONFIG` (missing ones take the defaults).
+        out: run directory (created).
+        resume: continue from ``out/checkpoint.pt`` (exactly; the config must match).
+        num_samples: K importance samples for the test NLL.
+        num_test: evaluate on the first ``num_test`` test points (all when ``None``).
+
+    Returns:
+        the metrics dict also written to ``out/metrics.json``.
+    """
+    config = {**DEFAULT_CONFIG, **config}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_path = out / CONFIG_FILE
+    if resume and cfg_path.exists():
+        old = json.loads(cfg_path.read_text())
+        stable = {k: v for k, v in config.items() if k != "epochs"}
+        if {k: old.get(k) for k in stable} != stable:
+            diff = {k: (old.get(k), v) for k, v in stable.items() if old.get(k) != v}
+            raise CheckpointError(f"--resume with a different configuration (was vs now: {diff}); "
+                                  "use the original flags or a new --out directory")
+    _write_json(cfg_path, config)
+    device = torch.device(config["device"])
+    t0 = time.perf_counter()
+    x_train = prepare_data(config, "train", device)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config["seed"])
+    model, guide = build_model(config, x_train.shape[1:])
+    if isinstance(model, torch.nn.Module):
+        model.to(device)
+    if isinstance(guide, torch.nn.Module):
+        guide.to(device)
+    trainer = Trainer(model, guide, build_elbo(config), lr=config["lr"],
+                      batch_size=config["batch_size"], seed=config["seed"],
+                      binarization=config["binarization"], checkpoint_path=out / CHECKPOINT_FILE,
+                      config={k: v for k, v in config.items() if k != "epochs"},
+                      progress=progress)
+    history = trainer.fit(x_train, config["epochs"], resume=resume)
+    train_seconds = time.perf_counter() - t0
+    save_loss_curve(history, out / "loss_curve.png")
+    metrics = evaluate_run(out, num_samples=num_samples, num_test=num_test,
+                           model=model, guide=guide, config=config)
+    metrics.update({"train_curve": history, "train_seconds": train_seconds})
+    _write_json(out / METRICS_FILE, metrics)
+    sample_run(out, model=model, guide=guide, config=config)
+    return metrics
+
+
+def load_run(run_dir: str | Path, device: Optional[str] = None) -> Run:
+    """Rebuild the model and guide of a run directory with its trained parameters.
+
+    Raises:
+        CheckpointError: missing config or checkpoint, corrupt file, or a checkpoint that
+            does not match the configuration's architecture.
+    """
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / CONFIG_FILE
+    if not cfg_path.exists():
+        raise CheckpointError(f"{run_dir} has no {CONFIG_FILE}; is it a run directory made "
+                              "by `lvm-pyro fit --out DIR`?")
+    config = {**DEFAULT_CONFIG, **json.loads(cfg_path.read_text())}
+    if device is not None:
+        config["device"] = device
+    payload = load_checkpoint(run_dir / CHECKPOINT_FILE, map_location=config["device"])
+    ds = load_dataset(config["data"], "test", config.get("data_root"))
+    x = ds.images[:2].to(config["device"])
+    if config.get("binarization", "dynamic") != "none":
+        x = binarize_test(x)
+    pyro.clear_param_store()
+    model, guide = build_model(config, x.shape[1:])
+    modules = {}
+    for k, m in (("model", model), ("guide", guide)):
+        if isinstance(m, torch.nn.Module):
+            m.to(config["device"])
+            modules[k] = m
+    with torch.no_grad(), poutine.block():  # create every parameter with its constraint
+        gt = poutine.trace(adapt_program(guide)).get_trace(x)
+        poutine.replay(adapt_program(model), trace=gt)(x)
+    restore_params(payload, modules)
+    return Run(model, guide, config, run_dir)
+
+
+def evaluate_run(run_dir: str | Path, *, num_samples: int = 1000, num_test: Optional[int] = None,
+                 batch_size: int = 100, model=None, guide=None, config=None) -> dict:
+    """Test ELBO and importance-sampled test NLL of a run.
+
+    Returns a dict with ``test_elbo`` (mean per-datapoint ELBO, nats, one sample per
+    point), ``test_nll`` (mean -log p(x), nats per example, ``num_samples`` importance
+    samples with the guide as proposal), ``test_nll_se`` (standard error over test
+    points), ``test_bits_per_dim``, ``bits_per_dim_offset_nats`` (0 for discrete
+    likelihoods; D log 256 for continuous ones on 8-bit data), ``num_test_points``,
+    ``num_importance_samples``, ``num_seeds`` (1) and ``versions``.
+    """
+    if model is None:
+        model, guide, config, _ = load_run(run_dir)
+    x = prepare_data(config, "test", config["device"])
+    if num_test is not None:
+        x = x[:num_test]
+    elbos, logps = [], []
+    t0 = time.perf_counter()
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size]
+        elbos.append(elbo_per_datapoint(model, guide, xb, num_samples=1))
+        logps.append(log_marginal_likelihood(model, guide, xb, num_samples=num_samples))
+    elbo = torch.cat(elbos)
+    logp = torch.cat(logps)
+    num_dims = int(math.prod(x.shape[1:]))
+    from ..models.likelihoods import make_likelihood
+    discrete = make_likelihood(config.get("likelihood", "bernoulli")).discrete
+    offset = 0.0 if discrete or config.get("binarization") != "none" else num_dims * math.log(256)
+    s = summarize_nll(logp, num_dims, offset_nats=offset)
+    metrics = {
+        "test_elbo": float(elbo.mean()), "test_elbo_se": float(elbo.std() / math.sqrt(len(elbo))),
+        "test_nll": s.nll, "test_nll_se": s.nll_se, "test_bits_per_dim": s.bits_per_dim,
+        "bits_per_dim_offset_nats": offset, "num_test_points": s.num_points,
+        "num_importance_samples": num_samples, "num_seeds": 1,
+        "test_binarization": "fixed Bernoulli draw, seed 0" if config.get("binarization") != "none" else "none",
+        "train_binarization": config.get("binarization"),
+        "eval_seconds": time.perf_counter() - t0, "versions": _versions(),
+        "config": config,
+    }
+    return metrics
+
+
+def sample_run(run_dir: str | Path, *, num_samples: int = 64, model=None, guide=None,
+               config=None) -> dict[str, Path]:
+    """Write ``samples.png`` (decoder means at prior draws) and ``reconstructions.png``
+    (test originals above reconstructions) into the run directory."""
+    run_dir = Path(run_dir)
+    if model is None:
+        model, guide, config, _ = load_run(run_dir)
+    x = prepare_data(config, "test", config["device"])[:num_samples]
+    out = {"samples": save_grid(prior_samples(model, x), run_dir / "samples.png"),
+           "reconstructions": save_reconstructions(model, guide, x[:32], run_dir / "reconstructions.png")}
+    return out

@@ -47,16 +47,19 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+#: fit options that steer the command rather than describe the run
+_NOT_CONFIG = {"command", "run", "out", "resume", "no_progress", "num_samples", "num_test"}
+
+
 def _config_from_args(a: argparse.Namespace) -> dict:
-    cfg = {k: getattr(a, k) for k in ("data", "data_root", "model", "hidden_dim", "num_hidden",
-                                      "network", "activation", "likelihood", "elbo",
-                                      "num_particles", "batch_size", "lr", "seed",
-                                      "binarization", "device")}
-    cfg["z_dim"] = a.z_dim if a.z_dim is not None else (10 if a.data == "digits" else 50)
-    cfg["epochs"] = a.epochs if a.epochs is not None else (60 if a.data == "digits" else 10)
-    for k, v in vars(a).items():  # options added by registered extensions
-        if k.startswith("x_"):
-            cfg[k[2:]] = v
+    """Every ``fit`` option except those in :data:`_NOT_CONFIG` becomes a config key
+    (dashes to underscores); a new flag needs only ``add_argument`` and, if it has a
+    default, an entry in ``DEFAULT_CONFIG``."""
+    cfg = {k: v for k, v in vars(a).items() if k not in _NOT_CONFIG}
+    if cfg.get("z_dim") is None:
+        cfg["z_dim"] = 10 if a.data == "digits" else 50
+    if cfg.get("epochs") is None:
+        cfg["epochs"] = 60 if a.data == "digits" else 10
     return cfg
 
 

@@ -1,0 +1,106 @@
+"""Data loading (tiny IDX fixtures made here), missing-data errors, binarisation."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+import lvm_pyro.data.datasets as datasets
+from lvm_pyro.data import Binarizer, DatasetNotFoundError, binarize, binarize_test, load_dataset
+
+
+def _write_idx(path, arr: np.ndarray):
+    magic = {3: 0x00000803, 1: 0x00000801}[arr.ndim]
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(">I", magic))
+        for s in arr.shape:
+            f.write(struct.pack(">I", s))
+        f.write(arr.astype(np.uint8).tobytes())
+
+
+def _make_fashion(root, n_train=6, n_test=4):
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    imgs = {"train": rng.integers(0, 256, (n_train, 28, 28)), "t10k": rng.integers(0, 256, (n_test, 28, 28))}
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        _write_idx(raw / f"{split}-images-idx3-ubyte.gz", imgs[split])
+        _write_idx(raw / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return imgs
+
+
+def test_fashion_mnist_from_root_with_tiny_idx(tmp_path, monkeypatch):
+    monkeypatch.setenv("LVM_PYRO_DATA", str(tmp_path / "cache"))
+    imgs = _make_fashion(tmp_path)
+    tr = load_dataset("fashion-mnist", "train", root=tmp_path)
+    te = load_dataset("fashion-mnist", "test", root=tmp_path)
+    assert tr.images.shape == (6, 1, 28, 28) and te.images.shape == (4, 1, 28, 28)
+    assert tr.images.dtype == torch.float32 and tr.levels == 256
+    assert torch.equal(tr.integers()[:, 0], torch.as_tensor(imgs["train"]))
+    assert torch.equal(te.labels, torch.arange(4) % 10)
+
+
+def test_fashion_mnist_staged_from_debian_folder(tmp_path, monkeypatch):
+    src = tmp_path / "debian"
+    _make_fashion(tmp_path / "src")
+    (src).mkdir()
+    for f in (tmp_path / "src" / "FashionMNIST" / "raw").iterdir():
+        f.rename(src / f.name)
+    monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST_DIR", src)
+    monkeypatch.setenv("LVM_PYRO_DATA", str(tmp_path / "cache"))
+    te = load_dataset("fashion-mnist", "test")
+    assert te.images.shape == (4, 1, 28, 28)
+    assert (tmp_path / "cache" / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte").exists()
+
+
+def test_missing_dataset_names_both_ways(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "nowhere")
+    monkeypatch.setenv("LVM_PYRO_DATA", str(tmp_path / "cache"))
+
+    def no_network(self):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(tvd.FashionMNIST, "download", no_network)
+    with pytest.raises(DatasetNotFoundError) as e:
+        load_dataset("fashion-mnist", "train", root=tmp_path / "empty")
+    msg = str(e.value)
+    assert "apt-get install dataset-fashion-mnist" in msg and "FashionMNIST/raw" in msg
+
+
+def test_bad_names():
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_dataset("cifar")
+    with pytest.raises(ValueError, match="split"):
+        load_dataset("digits", "valid")
+
+
+def test_digits_split_is_fixed_and_disjoint():
+    tr, te = load_dataset("digits", "train"), load_dataset("digits", "test")
+    assert tr.images.shape == (1500, 1, 8, 8) and te.images.shape == (297, 1, 8, 8)
+    assert float(tr.images.max()) == 1.0 and float(tr.images.min()) == 0.0
+    assert torch.equal(load_dataset("digits", "test").images, te.images)
+    # no test image appears in the training split
+    d = torch.cdist(te.images.flatten(1), tr.images.flatten(1))
+    assert int((d.min(1).values == 0).sum()) < 5  # (the digits set has a few exact duplicates)
+
+
+def test_binarization_statistics_and_modes():
+    p = torch.full((200, 1, 10, 10), 0.3)
+    b = binarize(p, torch.Generator().manual_seed(0))
+    assert set(b.unique().tolist()) <= {0.0, 1.0}
+    # 20000 Bernoulli(0.3) draws: sd of the mean = sqrt(.21/20000) = 0.0032; 5 sd
+    assert abs(float(b.mean()) - 0.3) < 0.017
+    dyn = Binarizer("dynamic", seed=1)
+    assert not torch.equal(dyn(p), dyn(p))
+    st = Binarizer("static", seed=1)
+    assert torch.equal(st(p), st(p))
+    assert torch.equal(Binarizer("dynamic", seed=1)(p), Binarizer("dynamic", seed=1)(p))
+    assert torch.equal(binarize_test(p), binarize_test(p))
+    with pytest.raises(ValueError, match="\\[0, 1\\]"):
+        binarize(p * 4)
+    with pytest.raises(ValueError, match="binarization"):
+        Binarizer("sometimes")

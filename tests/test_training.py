@@ -1,0 +1,171 @@
+"""VAE model and guide, the generic loop, checkpoints (atomic, weights_only, exact resume),
+run directories and the CLI."""
+
+import json
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+
+from lvm_pyro.cli import main
+from lvm_pyro.data import load_dataset
+from lvm_pyro.guides import AmortizedNormalGuide
+from lvm_pyro.inference import log_weights
+from lvm_pyro.models import BernoulliLikelihood, GaussianLikelihood, VAEModel
+from lvm_pyro.nn import MLP, ConvDecoder, ConvEncoder
+from lvm_pyro.training import CheckpointError, Trainer, load_checkpoint, load_run
+
+SMALL = {"z_dim": 2, "hidden_dim": 16, "num_hidden": 1}
+
+
+def small_vae(event=(1, 8, 8), z=2, conv=False, lik=None):
+    lik = lik or BernoulliLikelihood()
+    if conv:
+        enc, dec = ConvEncoder(event, (2, z), channels=4, hidden_dim=8), ConvDecoder(z, (lik.num_params, *event), channels=4, hidden_dim=8)
+    else:
+        enc, dec = MLP(event, [16], (2, z)), MLP((z,), [16], (lik.num_params, *event))
+    return VAEModel(dec, z, event, lik), AmortizedNormalGuide(enc, z)
+
+
+def digits(n=200):
+    return load_dataset("digits", "train").images[:n]
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_networks_take_leading_particle_dims(conv):
+    model, guide = small_vae(conv=conv)
+    x = torch.bernoulli(digits(6))
+    out = log_weights(model, guide, x, num_particles=3)
+    assert out.log_w.shape == (3, 6) and bool(torch.isfinite(out.log_w).all())
+    z = out.guide_trace.nodes["z"]["value"]
+    assert z.shape == (3, 6, 2)
+    # the (3, 6) batch equals running each particle separately through the decoder
+    p0 = model.decoder(z[1])
+    assert torch.allclose(model.decoder(z)[1], p0, atol=1e-6)
+
+
+def test_support_errors_name_the_site_and_fix():
+    model, guide = small_vae()
+    with pytest.raises(ValueError, match="site 'x'.*[Bb]inaris"):
+        model(digits(4))  # intensities, not bits
+    with pytest.raises(ValueError, match="shape"):
+        model(torch.zeros(4, 64))
+    gmodel, _ = small_vae(lik=GaussianLikelihood())
+    with pytest.raises(ValueError, match="NaN"):
+        gmodel(torch.full((2, 1, 8, 8), float("nan")))
+
+
+def _trainer(tmp_path, model, guide, **kw):
+    return Trainer(model, guide, Trace_ELBO(), lr=1e-2, batch_size=50, seed=3, progress=False,
+                   checkpoint_path=tmp_path / "ck.pt", config={"tag": "t"}, **kw)
+
+
+def _params():
+    return {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
+
+
+def test_training_lowers_loss_and_resume_is_exact(tmp_path):
+    x = digits()
+    pyro.set_rng_seed(0)
+    model, guide = small_vae()
+    init = {k: v.detach().clone() for k, v in list(model.state_dict().items()) + list(guide.state_dict().items())}
+    hist = _trainer(tmp_path / "a", model, guide).fit(x, epochs=4)
+    assert hist[-1]["loss"] < hist[0]["loss"] - 1.0
+    full = _params()
+    # interrupted after 2 epochs, then resumed in a fresh process state
+    pyro.clear_param_store()
+    model2, guide2 = small_vae()
+    model2.load_state_dict({k: v for k, v in init.items() if k in model2.state_dict()})
+    guide2.load_state_dict({k: v for k, v in init.items() if k in guide2.state_dict()})
+    _trainer(tmp_path / "b", model2, guide2).fit(x, epochs=2)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(12345)  # resume must not depend on the current RNG state
+    model3, guide3 = small_vae()
+    t = _trainer(tmp_path / "b", model3, guide3)
+    hist3 = t.fit(x, epochs=4, resume=True)
+    resumed = _params()
+    assert set(full) == set(resumed)
+    for k in full:
+        assert torch.equal(full[k], resumed[k]), k
+    assert [h["loss"] for h in hist3] == [h["loss"] for h in hist]
+
+
+def test_checkpoint_is_weights_only_and_errors_are_clear(tmp_path):
+    x = digits(100)
+    model, guide = small_vae()
+    t = _trainer(tmp_path, model, guide)
+    t.fit(x, epochs=1)
+    payload = torch.load(tmp_path / "ck.pt", weights_only=True)
+    assert payload["epoch"] == 1 and "params" in payload and "rng" in payload
+    assert not list(tmp_path.glob(".ck.pt.*"))  # no temporary file left behind
+    # corrupt file
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+    # mismatched configuration / architecture
+    pyro.clear_param_store()
+    m2, g2 = small_vae()
+    t2 = Trainer(m2, g2, Trace_ELBO(), batch_size=50, progress=False,
+                 checkpoint_path=tmp_path / "ck.pt", config={"tag": "other"})
+    with pytest.raises(CheckpointError, match="different configuration"):
+        t2.fit(x, epochs=2, resume=True)
+    pyro.clear_param_store()
+    m3, g3 = small_vae(z=3)
+    t3 = _trainer(tmp_path, m3, g3)
+    with pytest.raises(CheckpointError, match="match"):
+        t3.fit(x, epochs=2, resume=True)
+
+
+def test_user_program_with_meanfield_and_minibatch_scaling():
+    """A user's model/guide that take only x train with our loop (unscaled loss)."""
+    loc = torch.tensor(0.0)
+
+    def model(x):
+        w = pyro.param("w", torch.tensor(0.5))
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(loc, 1.0))
+            pyro.sample("x", dist.Normal(w * z, 0.5), obs=x)
+
+    def guide(x):
+        a = pyro.param("a", torch.tensor(0.0))
+        s = pyro.param("s", torch.tensor(0.7), constraint=dist.constraints.positive)
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(a * x, s))  # contains the exact posterior
+
+    x = 2.0 * torch.randn(400)
+    t = Trainer(model, guide, TraceMeanField_ELBO(), lr=0.05, batch_size=100, binarization="none",
+                progress=False)
+    t.fit(x, epochs=100)
+    # the MLE of w for Var(x) = w^2 + 0.25 (PPCA, 1-d): w = sqrt(var - 0.25)
+    w_mle = float((x.var(unbiased=False) - 0.25).sqrt())
+    assert abs(abs(pyro.param("w").item()) - w_mle) < 0.1
+
+
+def test_cli_fit_evaluate_sample_and_load_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["fit", "--epochs", "1", "--out", str(out), "--num-samples", "5", "--no-progress",
+               "--z-dim", "2", "--hidden-dim", "16", "--num-hidden", "1", "--num-test", "40"])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("test_elbo", "test_nll", "test_nll_se", "test_bits_per_dim", "num_test_points",
+                "train_curve", "versions"):
+        assert key in m
+    assert m["test_nll"] > 0 and m["num_test_points"] == 40
+    assert m["test_bits_per_dim"] == pytest.approx(m["test_nll"] / (64 * 0.6931471805599453))
+    assert -m["test_elbo"] >= m["test_nll"] - 3 * m["test_nll_se"]
+    for f in ("samples.png", "reconstructions.png", "loss_curve.png", "checkpoint.pt"):
+        assert (out / f).stat().st_size > 0
+    assert "test NLL" in capsys.readouterr().out
+    run = load_run(out)
+    assert isinstance(run.model, VAEModel) and run.config["z_dim"] == 2
+    assert main(["evaluate", str(out), "--num-samples", "3", "--num-test", "10"]) == 0
+    assert json.loads((out / "evaluation.json").read_text())["num_test_points"] == 10
+    assert main(["sample", str(out)]) == 0
+    # bad input: a directory that is not a run
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "no config.json" in capsys.readouterr().err

@@ -2,6 +2,9 @@
 
 from .binarize import BINARIZATIONS, Binarizer, binarize, binarize_test
 from .datasets import DATASETS, DatasetNotFoundError, ImageDataset, default_root, load_dataset
+from .synthetic import MixtureData, three_clusters
 
 __all__ = ["load_dataset", "ImageDataset", "DatasetNotFoundError", "DATASETS", "default_root",
            "binarize", "binarize_test", "Binarizer", "BINARIZATIONS"]
+
+__all__ += ["MixtureData", "three_clusters"]

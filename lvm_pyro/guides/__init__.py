@@ -3,5 +3,9 @@
 
 from .amortized_normal import AmortizedNormalGuide
 from .linear_gaussian import LinearGaussianPosteriorGuide
+from .local_normal import LocalNormalGuide
+from .empty import EmptyGuide
 
 __all__ = ["AmortizedNormalGuide", "LinearGaussianPosteriorGuide"]
+
+__all__ += ["LocalNormalGuide", "EmptyGuide"]

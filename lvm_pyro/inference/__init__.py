@@ -7,6 +7,18 @@ pair that follows the site names of :mod:`lvm_pyro.sites`.
 from .evaluation import (NLLSummary, bits_per_dim, elbo_per_datapoint, log_marginal_likelihood,
                          logmeanexp, summarize_nll)
 from .log_weights import LogWeights, guess_max_plate_nesting, log_weights
+from .iwae import BiasedGradientWarning, IWAE_ELBO
+from .gradient_stats import GradientStats, gradient_statistics, parameter_groups
+from .importance import (ImportanceEstimate, RepeatedEstimates, effective_sample_size,
+                         fixed_normal_proposal, importance_estimate, prior_proposal,
+                         repeated_importance_estimates)
+from .amortization import AmortizationGap, amortization_gap, fit_local_guide
 
 __all__ = ["log_weights", "LogWeights", "guess_max_plate_nesting", "log_marginal_likelihood",
            "elbo_per_datapoint", "NLLSummary", "summarize_nll", "bits_per_dim", "logmeanexp"]
+__all__ += ["IWAE_ELBO", "BiasedGradientWarning", "GradientStats", "gradient_statistics",
+            "parameter_groups"]
+
+__all__ += ["effective_sample_size", "ImportanceEstimate", "importance_estimate",
+            "RepeatedEstimates", "repeated_importance_estimates", "prior_proposal",
+            "fixed_normal_proposal", "AmortizationGap", "amortization_gap", "fit_local_guide"]

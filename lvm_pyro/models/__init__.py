@@ -3,6 +3,9 @@
 from .likelihoods import BernoulliLikelihood, GaussianLikelihood, Likelihood, make_likelihood
 from .linear_gaussian import LinearGaussianModel
 from .vae import VAEModel
+from .gaussian_mixture import GaussianMixtureModel
 
 __all__ = ["VAEModel", "LinearGaussianModel", "Likelihood", "BernoulliLikelihood",
            "GaussianLikelihood", "make_likelihood"]
+
+__all__ += ["GaussianMixtureModel"]

@@ -47,8 +47,15 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: small networks gain little from more, "
+                        "and OpenMP threads competing with another busy process can run "
+                        "~40x slower on a 2-core machine)")
+
+
 #: fit options that steer the command rather than describe the run
-_NOT_CONFIG = {"command", "run", "out", "resume", "no_progress", "num_samples", "num_test"}
+_NOT_CONFIG = {"command", "run", "out", "resume", "no_progress", "num_samples", "num_test", "threads"}
 
 
 def _config_from_args(a: argparse.Namespace) -> dict:
@@ -104,11 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("fit", help="train a model and write a run directory")
     _add_fit(p)
+    _add_threads(p)
     p.set_defaults(run=_run_fit)
     p = sub.add_parser("evaluate", help="test ELBO and importance-sampled NLL of a run")
     p.add_argument("run_dir")
     p.add_argument("--num-samples", type=int, default=5000)
     p.add_argument("--num-test", type=int, default=None)
+    _add_threads(p)
     p.set_defaults(run=_run_evaluate)
     p = sub.add_parser("sample", help="write samples.png and reconstructions.png of a run")
     p.add_argument("run_dir")
@@ -128,6 +137,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .training.checkpoint import CheckpointError
 
     args = build_parser().parse_args(argv)
+    import torch
+
+    torch.set_num_threads(max(1, getattr(args, "threads", 1) or 1))
     try:
         return args.run(args)
     except (DatasetNotFoundError, CheckpointError, ValueError) as e:

@@ -4,12 +4,16 @@ test, validation on. Warnings raised by lvm_pyro are errors (pyproject filterwar
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before any Triton kernel is decorated
+# One thread: OpenMP threads competing with notebook kernels / subprocesses on 2 cores
+# run tens of times slower than a single thread.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import pyro
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -9,3 +9,6 @@ __all__ = ["VAEModel", "LinearGaussianModel", "Likelihood", "BernoulliLikelihood
            "GaussianLikelihood", "make_likelihood"]
 
 __all__ += ["GaussianMixtureModel"]
+from .pixelcnn_prior import GatedPixelCNNPrior  # noqa: E402
+
+__all__ += ["GatedPixelCNNPrior"]

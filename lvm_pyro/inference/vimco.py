@@ -1,0 +1,228 @@
+"""VIMCO: the multi-sample score-function estimator with leave-one-out baselines
+(Mnih & Rezende 2016, "Variational inference for Monte Carlo objectives").
+
+For each datapoint x_i and K particles z_k ~ q(. | x_i), with
+log w_k = log p(x_i, z_k) - log q(z_k | x_i) read from the log-weight engine
+(:func:`lvm_pyro.inference.log_weights`),
+
+    L-hat = log (1/K) sum_j w_j                                  (the IWAE estimate)
+    L_K   = E[L-hat]                                             (Burda et al. 2015, eq. 8)
+
+and the gradient estimate (Mnih & Rezende 2016, eq. 5 with the baselines of eq. 10)
+
+    grad L-hat ~= sum_k (L-hat - L-hat_{-k}) grad log q(z_k | x_i)    [score terms]
+                 + sum_k w~_k grad log w_k                           [pathwise terms]
+
+    L-hat_{-k} = log (1/K) ( sum_{j != k} w_j + w-hat_{-k} ),
+    log w-hat_{-k} = (1 / (K - 1)) sum_{j != k} log w_j               (geometric mean)
+
+with w~_k = w_k / sum_j w_j. The baseline L-hat_{-k} does not depend on z_k, so the
+estimator is unbiased for grad L_K (the score term of particle k is multiplied by a
+signal whose z_k-free part integrates to zero against grad log q(z_k)). For
+reparameterisable guide sites the pathwise term already carries their gradient and no
+score term is added (the IWAE estimator for them).
+
+The value reported by :meth:`VIMCO.loss` is always the negative bound
+-(N / B) sum_i L-hat(x_i), never the surrogate.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, NamedTuple, Optional
+
+import torch
+from pyro.distributions.util import scale_and_mask
+from pyro.infer import ELBO
+from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import site_is_subsample
+
+from ..sites import program_kwargs
+from .log_weights import (guess_max_plate_nesting, is_auxiliary_site, run_vectorized,
+                          site_log_prob_per_datapoint, weights_from_traces)
+
+__all__ = ["VIMCO", "VIMCOForward", "leave_one_out_baselines", "vimco_surrogate"]
+
+
+def leave_one_out_baselines(log_w: torch.Tensor) -> torch.Tensor:
+    """VIMCO's per-particle baselines L-hat_{-k} (Mnih & Rezende 2016, eq. 10, the
+    geometric-mean variant): the IWAE estimate with w_k replaced by the geometric mean
+    of the other K - 1 weights.
+
+    Args:
+        log_w: (K, batch) log weights, K >= 2, any floating dtype.
+
+    Returns:
+        (K, batch) tensor, nats; entry k depends on every particle except k.
+
+    Raises:
+        ValueError: K < 2 or ``log_w`` not 2-D.
+    """
+    if log_w.dim() != 2:
+        raise ValueError(f"log_w must be (K, batch), got shape {tuple(log_w.shape)}")
+    K = log_w.shape[0]
+    if K < 2:
+        raise ValueError(f"leave-one-out baselines need K >= 2 particles, got {K}")
+    loo_mean = (log_w.sum(0, keepdim=True) - log_w) / (K - 1)  # (K, batch): mean_{j != k} log w_j
+    # (K, K, batch): row k is log_w with entry k replaced by loo_mean[k]
+    eye = torch.eye(K, dtype=torch.bool, device=log_w.device).unsqueeze(-1)  # (K, K, 1)
+    rows = torch.where(eye, loo_mean.unsqueeze(1), log_w.unsqueeze(0))
+    return torch.logsumexp(rows, dim=1) - math.log(K)
+
+
+def vimco_surrogate(log_w: torch.Tensor, log_q_score: Optional[torch.Tensor]) -> torch.Tensor:
+    """Per-datapoint VIMCO surrogate whose gradient is the VIMCO estimate of grad L_K.
+
+        surrogate_i = L-hat_i + sum_k stopgrad(L-hat_i - L-hat_{-k,i}) log q(z_k | x_i)
+
+    Args:
+        log_w: (K, batch) log weights, differentiable (pathwise terms), K >= 2.
+        log_q_score: (K, batch) summed log q of the guide sites that are *not*
+            reparameterisable (their score terms), or ``None`` when there are none.
+
+    Returns:
+        (batch,) tensor; its value is not the bound (use ``logmeanexp(log_w)`` for that).
+    """
+    bound = torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])  # (batch,)
+    if log_q_score is None:
+        return bound
+    signal = (bound.unsqueeze(0) - leave_one_out_baselines(log_w)).detach()  # (K, batch)
+    return bound + (signal * log_q_score).sum(0)
+
+
+class VIMCOForward(NamedTuple):
+    """One vectorised pass of :class:`VIMCO` (from :meth:`VIMCO.forward`).
+
+    Attributes:
+        log_w: (K, batch) log weights, nats, unscaled, differentiable (pathwise route).
+        log_q_score: (K, batch) summed log q of non-reparameterisable guide sites, or
+            ``None``.
+        auxiliary: scalar, the scaled auxiliary log factors averaged over particles.
+        data_scale: N / batch of the data plate.
+        model_trace, guide_trace: the traces.
+    """
+
+    log_w: torch.Tensor
+    log_q_score: Optional[torch.Tensor]
+    auxiliary: torch.Tensor
+    data_scale: float
+    model_trace: Trace
+    guide_trace: Trace
+
+
+def _bind(fn: Callable, rest: tuple, extra: dict) -> Callable:
+    if not rest and not extra:
+        return fn
+
+    def bound(x, *, num_data=None, idx=None):
+        return fn(x, *rest, **extra, **program_kwargs(fn, num_data, idx))
+
+    return bound
+
+
+class VIMCO(ELBO):
+    """VIMCO (Mnih & Rezende 2016) as a Pyro ``ELBO``: value = the K-sample IWAE bound,
+    gradient = the leave-one-out score-function estimator (module docstring), unbiased
+    for grad L_K. Made for discrete latents (e.g. :class:`~lvm_pyro.models.
+    SigmoidBeliefNetModel`); reparameterisable guide sites get pathwise gradients.
+
+    ``loss(model, guide, x, num_data=N, idx=idx)`` returns -(N / B) sum_i L-hat(x_i)
+    (float, nats; minus the auxiliary factors, averaged over particles, if the programs
+    have any). ``loss_and_grads`` back-propagates the surrogate into ``.grad`` and
+    returns the loss; ``differentiable_loss`` returns a scalar whose value is the loss
+    and whose gradient is the VIMCO estimate.
+
+    Args:
+        num_particles: K >= 2 (the baselines leave one particle out).
+        max_plate_nesting: plate dims the programs use; guessed once when ``None``.
+
+    Raises:
+        ValueError: at construction, K < 2; on a call, the engine's errors (a latent
+            outside the ``"data"`` plate, a site scaled by ``poutine.scale`` such as a
+            beta, a model latent the guide lacks).
+    """
+
+    def __init__(self, num_particles: int = 2, *, max_plate_nesting: Optional[int] = None):
+        if isinstance(num_particles, bool) or int(num_particles) != num_particles or num_particles < 2:
+            raise ValueError(f"VIMCO needs num_particles >= 2 (leave-one-out baselines), "
+                             f"got {num_particles!r}")
+        if max_plate_nesting is not None and max_plate_nesting < 1:
+            raise ValueError(f"max_plate_nesting must be >= 1 (the data plate), got {max_plate_nesting}")
+        super().__init__(num_particles=int(num_particles),
+                         max_plate_nesting=float("inf") if max_plate_nesting is None
+                         else int(max_plate_nesting))
+
+    def __repr__(self) -> str:
+        return f"VIMCO(num_particles={self.num_particles})"
+
+    def _get_trace(self, model, guide, args, kwargs):
+        """(model_trace, guide_trace) of one vectorised pass (Pyro's ``ELBO`` hook)."""
+        f = self.forward(model, guide, *args, **kwargs)
+        return f.model_trace, f.guide_trace
+
+    def forward(self, model: Callable, guide: Callable, *args, **kwargs) -> VIMCOForward:
+        """One vectorised pass of guide and model over K particles: see
+        :class:`VIMCOForward`. ``args[0]`` is x (batch, ...)."""
+        if not args:
+            raise ValueError("VIMCO needs the observations as the first positional argument: "
+                             "loss(model, guide, x, num_data=..., idx=...)")
+        x, rest = args[0], tuple(args[1:])
+        extra = dict(kwargs)
+        num_data, idx = extra.pop("num_data", None), extra.pop("idx", None)
+        model, guide = _bind(model, rest, extra), _bind(guide, rest, extra)
+        if self.max_plate_nesting == float("inf"):
+            self.max_plate_nesting = guess_max_plate_nesting(model, guide, x, num_data, idx)
+        nesting, K, batch = int(self.max_plate_nesting), self.num_particles, x.shape[0]
+        model_trace, guide_trace = run_vectorized(model, guide, x, K, nesting, num_data, idx)
+        lw = weights_from_traces(model_trace, guide_trace, batch, K, nesting)
+        log_q_score = None
+        for name, site in guide_trace.nodes.items():
+            if (site["type"] != "sample" or site["is_observed"] or is_auxiliary_site(site)
+                    or site_is_subsample(site) or getattr(site["fn"], "has_rsample", False)):
+                continue
+            lq = site_log_prob_per_datapoint(site, K, batch, nesting)  # (K, batch)
+            log_q_score = lq if log_q_score is None else log_q_score + lq
+        aux = lw.log_w.new_zeros(())
+        for trace in (model_trace, guide_trace):
+            for site in trace.nodes.values():
+                if site["type"] == "sample" and is_auxiliary_site(site):
+                    lp = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+                    aux = aux + torch.as_tensor(scale_and_mask(lp, site["scale"], site["mask"])).sum()
+        return VIMCOForward(lw.log_w, log_q_score, aux / K, lw.data_scale, model_trace, guide_trace)
+
+    @staticmethod
+    def bound(log_w: torch.Tensor) -> torch.Tensor:
+        """log (1/K) sum_k w_k per datapoint: (K, batch) -> (batch,), nats."""
+        return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
+
+    def _elbo(self, f: VIMCOForward) -> torch.Tensor:
+        return f.data_scale * self.bound(f.log_w).sum() + f.auxiliary
+
+    def _surrogate(self, f: VIMCOForward) -> torch.Tensor:
+        return f.data_scale * vimco_surrogate(f.log_w, f.log_q_score).sum() + f.auxiliary
+
+    @torch.no_grad()
+    def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
+        """-(N / B) sum_i L-hat(x_i), float, nats (no gradients)."""
+        loss = -float(self._elbo(self.forward(model, guide, *args, **kwargs)))
+        if math.isnan(loss):
+            warnings.warn("VIMCO loss is NaN", RuntimeWarning)
+        return loss
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs) -> torch.Tensor:
+        """Scalar tensor: value = :meth:`loss`, gradient = the VIMCO estimate of
+        -grad (N / B) sum_i L_K(x_i)."""
+        f = self.forward(model, guide, *args, **kwargs)
+        surrogate = self._surrogate(f)
+        return -self._elbo(f).detach() + (surrogate.detach() - surrogate)
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
+        """Accumulate the VIMCO gradient of the loss into ``.grad``; return the loss."""
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        if loss.requires_grad:
+            loss.backward()
+        value = float(loss.detach())
+        if math.isnan(value):
+            warnings.warn("VIMCO loss is NaN", RuntimeWarning)
+        return value

@@ -22,3 +22,9 @@ __all__ += ["IWAE_ELBO", "BiasedGradientWarning", "GradientStats", "gradient_sta
 __all__ += ["effective_sample_size", "ImportanceEstimate", "importance_estimate",
             "RepeatedEstimates", "repeated_importance_estimates", "prior_proposal",
             "fixed_normal_proposal", "AmortizationGap", "amortization_gap", "fit_local_guide"]
+from .score_function import (MLPBaseline, ScoreFunctionDistribution, ScoreFunctionGuide,
+                             ScoreFunctionMessenger, score_function)
+from .vimco import VIMCO, leave_one_out_baselines
+
+__all__ += ["ScoreFunctionDistribution", "ScoreFunctionMessenger", "ScoreFunctionGuide",
+            "MLPBaseline", "score_function", "VIMCO", "leave_one_out_baselines"]

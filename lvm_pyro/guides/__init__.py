@@ -9,3 +9,6 @@ from .empty import EmptyGuide
 __all__ = ["AmortizedNormalGuide", "LinearGaussianPosteriorGuide"]
 
 __all__ += ["LocalNormalGuide", "EmptyGuide"]
+from .vqvae import VQEncoderGuide  # noqa: E402
+
+__all__ += ["VQEncoderGuide"]

@@ -12,3 +12,7 @@ __all__ += ["GaussianMixtureModel"]
 from .pixelcnn_prior import GatedPixelCNNPrior  # noqa: E402
 
 __all__ += ["GatedPixelCNNPrior"]
+from .likelihoods import DiscretizedLogisticLikelihood  # noqa: E402
+from .vqvae import VQVAEModel  # noqa: E402
+
+__all__ += ["VQVAEModel", "DiscretizedLogisticLikelihood"]

@@ -5,3 +5,8 @@ from .conv import ConvDecoder, ConvEncoder
 from .mlp import MLP
 
 __all__ = ["MLP", "ConvEncoder", "ConvDecoder"]
+from .quantizer import CodebookUsage, QuantizerOutput, VectorQuantizer, codebook_usage  # noqa: E402
+from .vq_conv import VQConvDecoder, VQConvEncoder  # noqa: E402
+
+__all__ += ["VectorQuantizer", "QuantizerOutput", "CodebookUsage", "codebook_usage",
+            "VQConvEncoder", "VQConvDecoder"]

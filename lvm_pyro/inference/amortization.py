@@ -44,7 +44,7 @@ def _guide_params(guide: Callable, x: torch.Tensor) -> list[torch.Tensor]:
 
 def fit_local_guide(model: Callable, local_guide: Callable, x: torch.Tensor, *,
                     num_steps: int = 500, lr: float = 0.02, num_particles: int = 1,
-                    max_plate_nesting: int = 1) -> list[float]:
+                    final_lr_ratio: float = 0.1, max_plate_nesting: int = 1) -> list[float]:
     """Maximise the ELBO of ``local_guide`` on x with the model's parameters frozen.
 
     Every parameter the guide reads is optimised by Adam on the Trace_ELBO surrogate of the
@@ -59,8 +59,11 @@ def fit_local_guide(model: Callable, local_guide: Callable, x: torch.Tensor, *,
             :class:`lvm_pyro.guides.LocalNormalGuide`) for exactly the rows of x.
         x: (batch, ...) observations, in the order of the guide's rows.
         num_steps: optimisation steps (>= 0).
-        lr: Adam learning rate (> 0).
+        lr: initial Adam learning rate (> 0).
         num_particles: samples per datapoint in each step's ELBO estimate (vectorised).
+        final_lr_ratio: the learning rate decays geometrically to ``lr * final_lr_ratio``
+            at the last step (in (0, 1]; 1 keeps it constant), which quiets Adam's noise
+            around the optimum.
         max_plate_nesting: plates used by model and guide.
 
     Returns:
@@ -75,8 +78,12 @@ def fit_local_guide(model: Callable, local_guide: Callable, x: torch.Tensor, *,
         raise ValueError(f"lr must be > 0, got {lr}")
     if num_particles < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
+    if not 0 < final_lr_ratio <= 1:
+        raise ValueError(f"final_lr_ratio must be in (0, 1], got {final_lr_ratio}")
     params = _guide_params(local_guide, x)
     optim = torch.optim.Adam(params, lr=lr)
+    gamma = final_lr_ratio ** (1.0 / max(1, num_steps - 1))
+    sched = torch.optim.lr_scheduler.ExponentialLR(optim, gamma)
     elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1,
                       max_plate_nesting=max_plate_nesting)
     kw_model, kw_guide = program_kwargs(model), program_kwargs(local_guide)
@@ -95,7 +102,8 @@ def fit_local_guide(model: Callable, local_guide: Callable, x: torch.Tensor, *,
             p.grad = g
         optim.step()
         optim.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        sched.step()
+        losses.append(float(loss.detach()))
     return losses
 
 
@@ -133,7 +141,8 @@ class AmortizationGap(NamedTuple):
 
 def amortization_gap(model: Callable, amortized_guide: Callable, local_guide: Callable,
                      x: torch.Tensor, *, num_steps: int = 500, lr: float = 0.02,
-                     num_particles: int = 1, num_samples: int = 100,
+                     num_particles: int = 1, final_lr_ratio: float = 0.1,
+                     num_samples: int = 100,
                      iwae_num_samples: int = 1000,
                      max_plate_nesting: Optional[int] = None) -> AmortizationGap:
     """Measure the amortisation and approximation gaps of a trained model on x.
@@ -149,7 +158,8 @@ def amortization_gap(model: Callable, amortized_guide: Callable, local_guide: Ca
         local_guide: a fresh per-datapoint guide for exactly the rows of x (a warm start
             from the encoder's output is allowed; then (2) can only raise its ELBO).
         x: (batch, ...) test points.
-        num_steps, lr, num_particles: of the local optimisation.
+        num_steps, lr, num_particles, final_lr_ratio: of the local optimisation
+            (:func:`fit_local_guide`).
         num_samples: samples per datapoint for each ELBO estimate.
         iwae_num_samples: K of the IWAE reference.
 
@@ -164,7 +174,8 @@ def amortization_gap(model: Callable, amortized_guide: Callable, local_guide: Ca
     elbo_amortized = elbo_per_datapoint(model, amortized_guide, x, num_samples,
                                         max_plate_nesting=max_plate_nesting)
     losses = fit_local_guide(model, local_guide, x, num_steps=num_steps, lr=lr,
-                             num_particles=num_particles, max_plate_nesting=max_plate_nesting)
+                             num_particles=num_particles, final_lr_ratio=final_lr_ratio,
+                             max_plate_nesting=max_plate_nesting)
     elbo_local = elbo_per_datapoint(model, local_guide, x, num_samples,
                                     max_plate_nesting=max_plate_nesting)
     log_px = log_marginal_likelihood(model, local_guide, x, iwae_num_samples,

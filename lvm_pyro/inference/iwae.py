@@ -1,0 +1,332 @@
+"""The importance-weighted bound (IWAE) as a Pyro ``ELBO``, with standard, doubly
+reparameterised (DReG) and sticking-the-landing (STL) gradient estimators.
+
+For each datapoint x_i and K particles z_ik ~ q(. | x_i),
+
+    L_K(x_i) = E[ log (1/K) sum_k w_ik ],   log w_ik = log p(x_i, z_ik) - log q(z_ik | x_i)
+
+(Burda et al. 2015, eq. 8). :class:`IWAE_ELBO` reads ``log w`` (K, batch) from the
+per-datapoint log-weight engine (:mod:`lvm_pyro.inference.log_weights`): the log-mean-exp
+is taken over particles *inside* the data plate, and the data plate's N / B factor
+multiplies the sum over datapoints outside it. That is what Pyro's
+``RenyiELBO(alpha=0)`` does not do (it sums log weights over the whole minibatch before
+the log-mean-exp, so for a batch of several datapoints it is a different, looser bound).
+
+Gradient estimators (all unbiased for L_K unless stated), with normalised weights
+w~_ik = w_ik / sum_k' w_ik' (a softmax over particles):
+
+* ``"standard"``: the gradient of the reparameterised estimate itself,
+  sum_k w~_k grad log w_k, plus a score-function term
+  L-hat * sum_k grad log q(z_k) for guide sites that cannot be reparameterised
+  (Burda et al. 2015, eq. 14; Mnih & Rezende 2016, eq. 3 without baselines).
+* ``"dreg"``: doubly reparameterised gradients (Tucker et al. 2018, eq. 5). Guide
+  parameters phi get sum_k w~_k^2 d log w_k / d z_k * d z_k / d phi, with log q re-scored
+  at the sampled z under *detached* guide parameters; model parameters theta keep the
+  standard gradient sum_k w~_k grad_theta log p(x, z_k). Implemented with two backward
+  passes restricted to the two parameter groups (``torch.autograd.backward(...,
+  inputs=...)``), as in the paper's reference code.
+* ``"stl"``: sticking the landing (Roeder et al. 2017, eq. 8): the standard estimator
+  with log q re-scored under detached guide parameters (the score term dropped). It is
+  unbiased at K = 1 only; at K > 1 it is biased (Tucker et al. 2018, section 4), and
+  constructing it warns with :class:`BiasedGradientWarning`.
+
+Auxiliary factors (sites made by :func:`lvm_pyro.sites.auxiliary_factor`, e.g. VQ-VAE
+codebook / commitment terms) are *not* part of the log weights (the engine leaves them
+out). For training, :class:`IWAE_ELBO` adds their scaled log factors, averaged over the K
+particles, to the objective and to its surrogates::
+
+    elbo = data_scale * sum_i logmeanexp_k(log w_ik) + (1/K) sum_k sum_sites scale * log_factor
+
+so ``loss`` is ``-(IWAE bound + auxiliary terms)``; with no auxiliary sites (every
+ordinary model) it is exactly the negative IWAE bound. Their gradients are the plain
+pathwise gradients of the factors, for every estimator.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, NamedTuple, Optional
+
+import pyro.poutine as poutine
+import torch
+from pyro.distributions.util import detach as detach_distribution
+from pyro.distributions.util import scale_and_mask
+from pyro.infer import ELBO
+from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import site_is_subsample
+
+from ..sites import program_kwargs
+from .log_weights import (guess_max_plate_nesting, is_auxiliary_site, run_vectorized,
+                          site_log_prob_per_datapoint, weights_from_traces)
+
+__all__ = ["IWAE_ELBO", "BiasedGradientWarning", "GRADIENT_ESTIMATORS", "IWAEForward"]
+
+#: the gradient estimators of :class:`IWAE_ELBO`
+GRADIENT_ESTIMATORS = ("standard", "dreg", "stl")
+
+
+class BiasedGradientWarning(UserWarning):
+    """A gradient estimator is biased for the objective it is used with (STL at K > 1)."""
+
+
+class IWAEForward(NamedTuple):
+    """One vectorised pass of :class:`IWAE_ELBO` (returned by :meth:`IWAE_ELBO.forward`).
+
+    Attributes:
+        log_w: (K, batch) log weights, nats, unscaled; differentiable by the standard
+            (pathwise) route.
+        log_w_detached_q: (K, batch) the same values with log q re-scored under detached
+            guide parameters (``None`` for ``gradient="standard"``).
+        log_q_score: (K, batch) summed log q of the guide sites that are not
+            reparameterisable (``None`` when there are none).
+        auxiliary: scalar tensor, the scaled auxiliary log factors averaged over particles
+            (0 when there are none).
+        data_scale: N / batch of the data plate.
+        model_trace, guide_trace: the traces.
+    """
+
+    log_w: torch.Tensor
+    log_w_detached_q: Optional[torch.Tensor]
+    log_q_score: Optional[torch.Tensor]
+    auxiliary: torch.Tensor
+    data_scale: float
+    model_trace: Trace
+    guide_trace: Trace
+
+
+def _bind(fn: Callable, rest: tuple, extra: dict) -> Callable:
+    """``fn`` as a program of the site convention ``f(x, *, num_data, idx)`` with extra
+    positional / keyword arguments bound."""
+    if not rest and not extra:
+        return fn
+
+    def bound(x, *, num_data=None, idx=None):
+        return fn(x, *rest, **extra, **program_kwargs(fn, num_data, idx))
+
+    return bound
+
+
+def _latent_guide_sites(trace: Trace):
+    for name, site in trace.nodes.items():
+        if (site["type"] == "sample" and not site["is_observed"]
+                and not is_auxiliary_site(site) and not site_is_subsample(site)):
+            yield name, site
+
+
+def _params(trace: Trace) -> list[torch.Tensor]:
+    """Unconstrained leaf tensors of the trace's param sites (as ``pyro.infer.SVI``)."""
+    out = []
+    for site in trace.nodes.values():
+        if site["type"] == "param":
+            v = site["value"]
+            out.append(v.unconstrained() if hasattr(v, "unconstrained") else v)
+    return out
+
+
+def _auxiliary(traces: tuple[Trace, ...], num_particles: int, like: torch.Tensor) -> torch.Tensor:
+    total = like.new_zeros(())
+    for trace in traces:
+        for site in trace.nodes.values():
+            if site["type"] == "sample" and is_auxiliary_site(site):
+                lp = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+                total = total + torch.as_tensor(scale_and_mask(lp, site["scale"], site["mask"])).sum()
+    return total / num_particles
+
+
+class IWAE_ELBO(ELBO):
+    """The K-sample importance-weighted bound, summed over datapoints, as a Pyro ``ELBO``.
+
+    Swap it for ``Trace_ELBO()`` in ``pyro.infer.SVI`` or :class:`lvm_pyro.training.Trainer`::
+
+        svi = SVI(model, guide, Adam({"lr": 1e-3}), IWAE_ELBO(num_particles=50, gradient="dreg"))
+
+    ``loss(model, guide, x, num_data=N, idx=idx)`` returns
+    ``-(N / B) * sum_i logmeanexp_k log w_ik`` (a float, nats; the bound's value, never a
+    surrogate), minus the auxiliary factors if the programs have any (module docstring).
+    With K = 1 its value equals ``Trace_ELBO``'s on the same draw; for a single
+    datapoint it equals ``RenyiELBO(alpha=0)``'s. ``loss_and_grads`` back-propagates the
+    chosen estimator's surrogate into the parameters' ``.grad`` and returns the loss;
+    ``differentiable_loss`` returns a scalar tensor whose value is the loss and whose
+    gradient is the estimator (for ``"dreg"`` first derivatives only).
+
+    Programs are called as ``model(x, *rest, **extra, num_data=..., idx=...)`` (the last
+    two only if accepted); every latent must sit in ``pyro.plate("data", ...)``.
+
+    Args:
+        num_particles: K >= 1 (Burda et al.'s k); particles are always vectorised in a
+            plate outside the data plate.
+        gradient: ``"standard"`` | ``"dreg"`` | ``"stl"`` (module docstring).
+        max_plate_nesting: plate dims the programs use; guessed by one extra run on the
+            first call when ``None`` and cached.
+
+    Raises:
+        ValueError: at construction, ``num_particles < 1`` or an unknown ``gradient``; on
+            a call, a non-reparameterisable guide site with ``"dreg"`` / ``"stl"``, a site
+            with a scale other than the data plate's N / B (``poutine.scale``, e.g. a
+            beta), a latent outside the data plate, or a model latent the guide lacks.
+
+    Warns:
+        BiasedGradientWarning: ``gradient="stl"`` with K > 1.
+
+    References: Burda, Grosse & Salakhutdinov 2015 (eq. 8, 14); Tucker, Lawson, Gu &
+    Maddison 2018, "Doubly reparameterized gradient estimators" (eq. 5); Roeder, Wu &
+    Duvenaud 2017, "Sticking the landing" (eq. 8).
+    """
+
+    def __init__(self, num_particles: int = 1, gradient: str = "standard", *,
+                 max_plate_nesting: Optional[int] = None):
+        if isinstance(num_particles, bool) or int(num_particles) != num_particles or num_particles < 1:
+            raise ValueError(f"num_particles must be an integer >= 1, got {num_particles!r}")
+        if gradient not in GRADIENT_ESTIMATORS:
+            raise ValueError(f"gradient must be one of {GRADIENT_ESTIMATORS}, got {gradient!r}")
+        if max_plate_nesting is not None and max_plate_nesting < 1:
+            raise ValueError(f"max_plate_nesting must be >= 1 (the data plate), got {max_plate_nesting}")
+        super().__init__(num_particles=int(num_particles),
+                         max_plate_nesting=float("inf") if max_plate_nesting is None
+                         else int(max_plate_nesting))
+        self.gradient = gradient
+        if gradient == "stl" and num_particles > 1:
+            warnings.warn(
+                f"IWAE_ELBO(gradient='stl') with num_particles={num_particles} > 1 is a biased "
+                "gradient estimator of the IWAE bound (Tucker et al. 2018, sec. 4); use "
+                "gradient='dreg' for an unbiased low-variance estimator", BiasedGradientWarning)
+
+    def __repr__(self) -> str:
+        return f"IWAE_ELBO(num_particles={self.num_particles}, gradient={self.gradient!r})"
+
+    # -- one vectorised pass ---------------------------------------------------------
+    def _get_trace(self, model, guide, args, kwargs):
+        """(model_trace, guide_trace) of one vectorised pass (Pyro's ``ELBO`` hook)."""
+        f = self.forward(model, guide, *args, **kwargs)
+        return f.model_trace, f.guide_trace
+
+    def forward(self, model: Callable, guide: Callable, *args, **kwargs) -> IWAEForward:
+        """Run guide and model once, vectorised over K particles, and gather everything
+        the value and the surrogates need. ``args[0]`` is x (batch, ...); ``num_data``
+        and ``idx`` keywords go to the data plate. See :class:`IWAEForward`."""
+        if not args:
+            raise ValueError("IWAE_ELBO needs the observations as the first positional "
+                             "argument: loss(model, guide, x, num_data=..., idx=...)")
+        x, rest = args[0], tuple(args[1:])
+        extra = dict(kwargs)
+        num_data, idx = extra.pop("num_data", None), extra.pop("idx", None)
+        model, guide = _bind(model, rest, extra), _bind(guide, rest, extra)
+        if self.max_plate_nesting == float("inf"):
+            self.max_plate_nesting = guess_max_plate_nesting(model, guide, x, num_data, idx)
+        nesting, K = int(self.max_plate_nesting), self.num_particles
+        batch = x.shape[0]
+        model_trace, guide_trace = run_vectorized(model, guide, x, K, nesting, num_data, idx)
+        lw = weights_from_traces(model_trace, guide_trace, batch, K, nesting)
+        log_w = lw.log_w  # (K, batch)
+        log_w_det, log_q_score = None, None
+        for name, site in _latent_guide_sites(guide_trace):
+            reparam = getattr(site["fn"], "has_rsample", False)
+            if self.gradient != "standard":
+                if not reparam:
+                    raise ValueError(
+                        f"guide site '{name}' ({type(site['fn']).__name__}) is not "
+                        f"reparameterisable; gradient='{self.gradient}' needs every guide "
+                        "latent to have rsample. Use gradient='standard' (score-function "
+                        "terms) or a reparameterisable / relaxed distribution")
+                lq = site_log_prob_per_datapoint(site, K, batch, nesting)
+                fn = detach_distribution(site["fn"])
+                lq_det = site_log_prob_per_datapoint(
+                    site, K, batch, nesting,
+                    log_prob=fn.log_prob(site["value"], *site["args"], **site["kwargs"]))
+                log_w_det = (log_w if log_w_det is None else log_w_det) + lq - lq_det
+            elif not reparam:
+                lq = site_log_prob_per_datapoint(site, K, batch, nesting)
+                log_q_score = lq if log_q_score is None else log_q_score + lq
+        aux = _auxiliary((model_trace, guide_trace), K, log_w)
+        return IWAEForward(log_w, log_w_det, log_q_score, aux, lw.data_scale,
+                           model_trace, guide_trace)
+
+    # -- value -----------------------------------------------------------------------
+    @staticmethod
+    def bound(log_w: torch.Tensor) -> torch.Tensor:
+        """Per-datapoint log (1/K) sum_k w_ik: log_w (K, batch) -> (batch,), nats,
+        numerically stable (logsumexp)."""
+        return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
+
+    def _elbo(self, f: IWAEForward) -> torch.Tensor:
+        return f.data_scale * self.bound(f.log_w).sum() + f.auxiliary
+
+    @torch.no_grad()
+    def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
+        """The negative bound, ``-(N/B) sum_i L_K-hat(x_i)`` (minus auxiliary factors),
+        a float in nats. No gradients."""
+        loss = -float(self._elbo(self.forward(model, guide, *args, **kwargs)))
+        if math.isnan(loss):
+            warnings.warn("IWAE_ELBO loss is NaN", RuntimeWarning)
+        return loss
+
+    # -- surrogates ------------------------------------------------------------------
+    def _surrogates(self, f: IWAEForward) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(surrogate elbo for all parameters, or for the model's under "dreg";
+        surrogate elbo for the guide's parameters under "dreg", else None)."""
+        s = f.data_scale
+        if self.gradient == "standard":
+            bound = self.bound(f.log_w)  # (batch,)
+            surrogate = s * bound.sum()
+            if f.log_q_score is not None:  # score-function term for non-reparam sites
+                surrogate = surrogate + s * (bound.detach() * f.log_q_score.sum(0)).sum()
+            return surrogate + f.auxiliary, None
+        if self.gradient == "stl":
+            return s * self.bound(f.log_w_detached_q).sum() + f.auxiliary, None
+        # dreg: model parameters keep the standard gradient; guide parameters get
+        # sum_k w~_k^2 grad log w_k with log q re-scored under detached parameters.
+        standard = s * self.bound(f.log_w).sum() + f.auxiliary
+        w2 = torch.softmax(f.log_w.detach(), dim=0).square()  # (K, batch)
+        dreg = s * (w2 * f.log_w_detached_q).sum() + f.auxiliary
+        return standard, dreg
+
+    def _groups(self, f: IWAEForward) -> tuple[list, list]:
+        """(parameters that get the standard gradient, guide-only parameters that get
+        DReG's). A parameter used by both programs gets the standard (unbiased)
+        gradient."""
+        model_params = _params(f.model_trace)
+        seen = {id(p) for p in model_params}
+        guide_only = [p for p in _params(f.guide_trace) if id(p) not in seen]
+        return [p for p in model_params if p.requires_grad], [p for p in guide_only if p.requires_grad]
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
+        """Accumulate the estimator's gradient of the loss into the parameters'
+        ``.grad`` and return the loss (float, nats), as ``Trace_ELBO`` does."""
+        f = self.forward(model, guide, *args, **kwargs)
+        loss = -float(self._elbo(f).detach())
+        surrogate, dreg = self._surrogates(f)
+        if dreg is None:
+            if surrogate.requires_grad:
+                (-surrogate).backward()
+        else:
+            model_params, guide_params = self._groups(f)
+            if model_params and surrogate.requires_grad:
+                torch.autograd.backward(-surrogate, inputs=model_params,
+                                        retain_graph=bool(guide_params))
+            if guide_params and dreg.requires_grad:
+                torch.autograd.backward(-dreg, inputs=guide_params)
+        if math.isnan(loss):
+            warnings.warn("IWAE_ELBO loss is NaN", RuntimeWarning)
+        return loss
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs) -> torch.Tensor:
+        """A scalar tensor whose value is :meth:`loss` and whose gradient with respect
+        to the parameters is the estimator's. For ``"dreg"`` the gradients are computed
+        here (``torch.autograd.grad``) and attached linearly, so only first derivatives
+        are available."""
+        f = self.forward(model, guide, *args, **kwargs)
+        loss = -self._elbo(f).detach()
+        surrogate, dreg = self._surrogates(f)
+        if dreg is None:
+            return loss + (-surrogate - (-surrogate).detach())
+        model_params, guide_params = self._groups(f)
+        linear = loss.new_zeros(())
+        for params, s, retain in ((model_params, surrogate, True), (guide_params, dreg, False)):
+            if not params or not s.requires_grad:
+                continue
+            grads = torch.autograd.grad(-s, params, retain_graph=retain, allow_unused=True)
+            for p, g in zip(params, grads):
+                if g is not None:
+                    linear = linear + (p * g.detach()).sum()
+        return loss + (linear - linear.detach())

@@ -15,10 +15,16 @@ from ..sites import OBS, program_kwargs
 __all__ = ["save_grid", "reconstruct", "prior_samples", "save_reconstructions", "save_loss_curve"]
 
 
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
-    """Save (n, C, H, W) images in [0, 1] as a PNG grid (torchvision.utils.save_image)."""
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, min_size: int = 28) -> Path:
+    """Save (n, C, H, W) images in [0, 1] as a PNG grid (torchvision.utils.save_image);
+    images smaller than ``min_size`` pixels are enlarged by an integer factor (nearest
+    neighbour) so that 8x8 digits stay visible."""
     path = Path(path)
-    save_image(images.detach().float().clamp(0, 1).cpu(), path, nrow=nrow, padding=1, pad_value=0.5)
+    images = images.detach().float().clamp(0, 1).cpu()
+    factor = -(-min_size // images.shape[-2])
+    if factor > 1:
+        images = torch.nn.functional.interpolate(images, scale_factor=factor, mode="nearest")
+    save_image(images, path, nrow=nrow, padding=2, pad_value=0.5)
     return path
 
 

@@ -32,8 +32,11 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--network", default=D["network"], choices=["mlp", "conv"])
     p.add_argument("--activation", default=D["activation"])
     p.add_argument("--likelihood", default=D["likelihood"])
-    p.add_argument("--elbo", default=D["elbo"], help="objective: trace (default), meanfield, ...")
+    p.add_argument("--elbo", default=D["elbo"], help="objective: trace (default), meanfield, iwae, ...")
     p.add_argument("--num-particles", type=int, default=D["num_particles"])
+    p.add_argument("--gradient", default=D["gradient"], choices=["standard", "dreg", "stl"],
+                   help="gradient estimator of --elbo iwae: standard (default), dreg (doubly "
+                        "reparameterised), stl (sticking the landing; biased for K > 1)")
     p.add_argument("--batch-size", type=int, default=D["batch_size"])
     p.add_argument("--lr", type=float, default=D["lr"])
     p.add_argument("--epochs", type=int, default=None, help="default 60 on digits, 10 otherwise")

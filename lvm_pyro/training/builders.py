@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from ..guides import AmortizedNormalGuide
+from ..inference.iwae import IWAE_ELBO
 from ..models import VAEModel, make_likelihood
 from ..nn import MLP, ConvDecoder, ConvEncoder
 
@@ -56,6 +57,8 @@ register_elbo("trace", lambda c: Trace_ELBO(num_particles=int(c.get("num_particl
 register_elbo("meanfield", lambda c: TraceMeanField_ELBO(
     num_particles=int(c.get("num_particles", 1)),
     vectorize_particles=int(c.get("num_particles", 1)) > 1, max_plate_nesting=1))
+register_elbo("iwae", lambda c: IWAE_ELBO(num_particles=int(c.get("num_particles", 1)),
+                                          gradient=c.get("gradient", "standard")))
 
 
 def build_model(config: dict, event_shape: Sequence[int]):

@@ -35,6 +35,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "num_hidden": 2, "network": "mlp", "activation": "tanh", "likelihood": "bernoulli",
     "elbo": "trace", "num_particles": 1, "batch_size": 100, "lr": 1e-3, "epochs": 60,
     "seed": 0, "binarization": "dynamic", "device": "cpu",
+    "gradient": "standard",  # IWAE_ELBO's estimator (--elbo iwae): standard | dreg | stl
 }
 
 

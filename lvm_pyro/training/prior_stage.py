@@ -1,0 +1,345 @@
+"""Stage two of a VQ-VAE run: fit a gated PixelCNN prior over the encoder's code grids,
+report the two-stage bound, and draw prior samples (``lvm-pyro fit-prior RUN_DIR``).
+
+Files written into the run directory:
+
+* ``prior_checkpoint.pt``: the prior's weights, optimiser and RNG states (the generic
+  :class:`~lvm_pyro.training.loop.Trainer` checkpoint) with the prior's hyper-parameters
+  in its ``config``;
+* ``prior_metrics.json``: prior NLL of the test codes (nats per grid and bits per code),
+  the two-stage bound on log p(x) (nats per example and bits/dim), the same bound with the
+  VQ-VAE's uniform code prior for comparison, training curve and timings;
+* ``prior_samples.png``: prior samples decoded to images; ``prior_vs_reconstructions.png``:
+  decoded prior samples (left) next to test reconstructions (right).
+
+The two-stage bound (van den Oord et al. 2017, Sec. 3.3 and the lecture's Sec. 8): with
+the guide a point mass at the encoder's nearest codes c(x), the importance weight with one
+particle is ``log p(x | z_q(c(x))) + log p_prior(c(x)) <= log p(x)``, computed by the
+library's engine on the VQ-VAE model whose ``"codes"`` site is swapped for the fitted
+prior (:class:`~lvm_pyro.models.pixelcnn_prior.CodesPrior`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.infer import Trace_ELBO
+
+from ..guides.empty import EmptyGuide
+from ..inference import log_weights
+from ..models.pixelcnn_prior import CodesPrior, GatedPixelCNNPrior
+from ..sites import CODES, OBS, program_kwargs
+from .checkpoint import CheckpointError, load_checkpoint
+from .loop import Trainer
+
+__all__ = ["PRIOR_CHECKPOINT", "PRIOR_METRICS", "PRIOR_DEFAULTS", "encode_codes",
+           "fit_prior", "load_prior", "prior_is_current", "decode_codes", "two_stage_bound", "save_prior_samples",
+           "add_fit_prior_arguments", "run_fit_prior_command"]
+
+PRIOR_CHECKPOINT, PRIOR_METRICS = "prior_checkpoint.pt", "prior_metrics.json"
+
+#: defaults of ``lvm-pyro fit-prior`` (a small prior that trains in minutes on 2 CPU cores)
+PRIOR_DEFAULTS: dict[str, Any] = {
+    "channels": 64, "num_layers": 6, "kernel_size": 3, "epochs": 10, "batch_size": 128,
+    "lr": 1e-3, "seed": 0,
+}
+
+
+@torch.no_grad()
+def encode_codes(guide: Callable, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """The code grids the guide assigns to ``x``: the value of its ``"codes"`` site.
+
+    Args:
+        guide: any guide with a ``"codes"`` site (the VQ-VAE guide: a point mass at the
+            encoder's nearest codes).
+        x: (N, ...) data as the guide takes it.
+
+    Returns:
+        (N, H, W) int64.
+
+    Raises:
+        ValueError: the guide has no ``"codes"`` site.
+    """
+    out = []
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size]
+        with poutine.block():
+            tr = poutine.trace(guide).get_trace(xb, **program_kwargs(guide))
+        if CODES not in tr.nodes:
+            raise ValueError(f"the guide has no {CODES!r} site; fit-prior needs a VQ-VAE run "
+                             "(lvm-pyro fit --model vqvae)")
+        out.append(tr.nodes[CODES]["value"].long())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def two_stage_bound(model: Callable, guide: Callable, prior: GatedPixelCNNPrior,
+                    x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Per-datapoint two-stage bound log p(x|z_q) + log p_prior(codes) <= log p(x), nats:
+    (N,). The engine's log weight with one particle, the model's ``"codes"`` prior
+    replaced by ``prior``."""
+    wrapped = CodesPrior(prior)(model)
+    out = []
+    for start in range(0, len(x), batch_size):
+        out.append(log_weights(wrapped, guide, x[start:start + batch_size], 1).log_w[0])
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def decode_codes(model: Callable, codes: torch.Tensor, x_like: torch.Tensor) -> torch.Tensor:
+    """Images for given code grids: the mean of the model's ``"x"`` distribution with its
+    ``"codes"`` site conditioned on ``codes`` (N, H, W); ``x_like`` (N, ...) is valid data
+    used only for its shape. Returns (N, ...) float."""
+    prog = poutine.condition(poutine.uncondition(model), data={CODES: codes})
+    with poutine.block():
+        tr = poutine.trace(prog).get_trace(x_like, **program_kwargs(model))
+    return tr.nodes[OBS]["fn"].mean.reshape(x_like.shape)
+
+
+def prior_is_current(run_dir: str | Path) -> bool:
+    """True when ``run_dir`` holds a prior checkpoint written after the run's own
+    checkpoint (a prior fitted to an earlier training of the run is stale)."""
+    run_dir = Path(run_dir)
+    prior, run = run_dir / PRIOR_CHECKPOINT, run_dir / "checkpoint.pt"
+    return prior.exists() and run.exists() and prior.stat().st_mtime >= run.stat().st_mtime
+
+
+def load_prior(run_dir: str | Path, device: str = "cpu") -> GatedPixelCNNPrior:
+    """The fitted prior of a run directory.
+
+    Raises:
+        CheckpointError: no ``prior_checkpoint.pt`` (run ``lvm-pyro fit-prior`` first) or
+            a corrupt one.
+    """
+    path = Path(run_dir) / PRIOR_CHECKPOINT
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist; fit a prior first: lvm-pyro fit-prior {run_dir}")
+    payload = load_checkpoint(path, map_location=device)
+    hyper = payload["config"]["prior"]
+    prior = GatedPixelCNNPrior(hyper["num_codes"], hyper["grid_shape"], hyper["channels"],
+                               hyper["num_layers"], hyper["kernel_size"], hyper["num_classes"],
+                               hyper["head_dim"])
+    prior.load_state_dict(payload["modules"]["model"])
+    return prior.to(device).eval()
+
+
+def _num_codes(model: Callable, guide: Callable, x: torch.Tensor) -> int:
+    """K, read off the support of the model's ``"codes"`` site."""
+    with torch.no_grad(), poutine.block():
+        gt = poutine.trace(guide).get_trace(x, **program_kwargs(guide))
+        mt = poutine.trace(poutine.replay(model, trace=gt)).get_trace(x, **program_kwargs(model))
+    if CODES not in mt.nodes:
+        raise ValueError(f"the model has no {CODES!r} site; fit-prior needs a VQ-VAE run")
+    c = mt.nodes[CODES]["fn"].support
+    while hasattr(c, "base_constraint"):
+        c = c.base_constraint
+    if not hasattr(c, "upper_bound"):
+        raise ValueError(f"cannot read the codebook size off the {CODES!r} site's support {c}")
+    return int(c.upper_bound) + 1
+
+
+def _bits_offset_nats(config: dict, num_dims: int) -> float:
+    """The offset of :func:`lvm_pyro.training.run.evaluate_run`: 0 for discrete
+    likelihoods or binarised data, D log 256 for a density on 8-bit data."""
+    from ..models.likelihoods import make_likelihood
+    discrete = make_likelihood(config.get("likelihood", "bernoulli")).discrete
+    return 0.0 if discrete or config.get("binarization") != "none" else num_dims * math.log(256)
+
+
+def _mean_se(t: torch.Tensor) -> tuple[float, float]:
+    t = t.double()
+    return float(t.mean()), float(t.std() / math.sqrt(len(t))) if len(t) > 1 else 0.0
+
+
+def fit_prior(run_dir: str | Path, *, channels: int = PRIOR_DEFAULTS["channels"],
+              num_layers: int = PRIOR_DEFAULTS["num_layers"],
+              kernel_size: int = PRIOR_DEFAULTS["kernel_size"],
+              epochs: int = PRIOR_DEFAULTS["epochs"], batch_size: int = PRIOR_DEFAULTS["batch_size"],
+              lr: float = PRIOR_DEFAULTS["lr"], seed: int = PRIOR_DEFAULTS["seed"],
+              num_train: Optional[int] = None, num_test: Optional[int] = None,
+              num_pictures: int = 64, resume: bool = False, progress: bool = True) -> dict:
+    """Stage two: fit a :class:`GatedPixelCNNPrior` by maximum likelihood on the code
+    grids the trained VQ-VAE guide assigns to the training set, then evaluate and draw.
+
+    Args:
+        run_dir: a finished VQ-VAE run directory (``lvm-pyro fit --model vqvae``).
+        channels, num_layers, kernel_size: the prior's network.
+        epochs, batch_size, lr, seed: Adam on -log p_prior(codes) (the generic Trainer,
+            with the prior as a Pyro program observing ``"codes"`` and an empty guide).
+        num_train, num_test: use the first N training / test points (all when None).
+        num_pictures: prior samples drawn for ``prior_samples.png``.
+        resume: continue from ``prior_checkpoint.pt``.
+
+    Returns:
+        the metrics dict written to ``prior_metrics.json``: ``prior_nll`` (nats per code
+        grid), ``prior_bits_per_code``, ``uniform_bits_per_code`` (log2 K),
+        ``two_stage_nll`` / ``two_stage_bits_per_dim`` (-bound, nats per example /
+        bits per dim, with ``bits_per_dim_offset_nats``), ``uniform_prior_nll`` /
+        ``uniform_prior_bits_per_dim`` (the same with the VQ-VAE's uniform code prior),
+        ``reconstruction_nll`` (-log p(x | z_q)), standard errors (``*_se``), grid
+        shape, codebook size, training curve and timings.
+
+    Raises:
+        CheckpointError: not a run directory, or a corrupt checkpoint.
+        ValueError: the run's guide / model has no ``"codes"`` site.
+    """
+    from .run import _versions, _write_json, load_run, prepare_data
+
+    run_dir = Path(run_dir)
+    model, guide, config, _ = load_run(run_dir)
+    for m in (model, guide):
+        if isinstance(m, torch.nn.Module):
+            m.eval()
+    device = torch.device(config["device"])
+    t0 = time.perf_counter()
+    x_train = prepare_data(config, "train", device)[:num_train]
+    x_test = prepare_data(config, "test", device)[:num_test]
+    codes_train = encode_codes(guide, x_train)
+    codes_test = encode_codes(guide, x_test)
+    num_codes = _num_codes(model, guide, x_test[:2])
+    grid = tuple(codes_train.shape[-2:])
+    encode_seconds = time.perf_counter() - t0
+
+    pyro.clear_param_store()  # the trainer optimises the prior's weights only
+    pyro.set_rng_seed(seed)
+    prior = GatedPixelCNNPrior(num_codes, grid, channels, num_layers, kernel_size).to(device)
+    hyper = prior.hyperparameters
+    num_grid = grid[0] * grid[1]
+
+    def test_bits(trainer: Trainer, _m) -> dict:
+        with torch.no_grad():
+            lp = torch.cat([prior.log_prob(codes_test[s:s + 1000])
+                            for s in range(0, len(codes_test), 1000)])
+        return {"test_bits_per_code": float(-lp.mean() / (num_grid * math.log(2)))}
+
+    trainer = Trainer(prior, EmptyGuide(), Trace_ELBO(max_plate_nesting=1), lr=lr,
+                      batch_size=batch_size, seed=seed, binarization="none",
+                      checkpoint_path=run_dir / PRIOR_CHECKPOINT,
+                      config={"prior": hyper, "batch_size": batch_size, "lr": lr, "seed": seed,
+                              "num_train": len(codes_train)},
+                      progress=progress, callbacks=[test_bits])
+    t1 = time.perf_counter()
+    history = trainer.fit(codes_train, epochs, resume=resume)
+    train_seconds = time.perf_counter() - t1
+    prior.eval()
+
+    t2 = time.perf_counter()
+    with torch.no_grad():
+        lp = torch.cat([prior.log_prob(codes_test[s:s + 1000]) for s in range(0, len(codes_test), 1000)])
+    bound = two_stage_bound(model, guide, prior, x_test)
+    uniform = torch.cat([log_weights(model, guide, x_test[s:s + 500], 1).log_w[0]
+                         for s in range(0, len(x_test), 500)])
+    num_dims = int(math.prod(x_test.shape[1:]))
+    offset = _bits_offset_nats(config, num_dims)
+    to_bpd = lambda nll: (nll + offset) / (num_dims * math.log(2))  # noqa: E731
+    prior_nll, prior_nll_se = _mean_se(-lp)
+    ts_nll, ts_se = _mean_se(-bound)
+    un_nll, un_se = _mean_se(-uniform)
+    rec_nll, rec_se = _mean_se(-(uniform + num_grid * math.log(num_codes)))
+    metrics = {
+        "prior_nll": prior_nll, "prior_nll_se": prior_nll_se,
+        "prior_bits_per_code": prior_nll / (num_grid * math.log(2)),
+        "prior_bits_per_code_se": prior_nll_se / (num_grid * math.log(2)),
+        "uniform_bits_per_code": math.log2(num_codes),
+        "two_stage_nll": ts_nll, "two_stage_nll_se": ts_se,
+        "two_stage_bits_per_dim": to_bpd(ts_nll), "two_stage_bits_per_dim_se": ts_se / (num_dims * math.log(2)),
+        "uniform_prior_nll": un_nll, "uniform_prior_nll_se": un_se,
+        "uniform_prior_bits_per_dim": to_bpd(un_nll),
+        "reconstruction_nll": rec_nll, "reconstruction_nll_se": rec_se,
+        "reconstruction_bits_per_dim": to_bpd(rec_nll),
+        "bits_per_dim_offset_nats": offset, "num_dims": num_dims,
+        "grid_shape": list(grid), "codebook_size": num_codes,
+        "codes_used_train": int(torch.unique(codes_train).numel()),
+        "num_train_points": len(codes_train), "num_test_points": len(codes_test),
+        "prior": hyper, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+        "train_curve": history, "encode_seconds": encode_seconds, "train_seconds": train_seconds,
+        "eval_seconds": time.perf_counter() - t2, "versions": _versions(),
+        "run_config": config,
+    }
+    _write_json(run_dir / PRIOR_METRICS, metrics)
+    save_prior_samples(run_dir, model, guide, x_test[:max(num_pictures, 32)], prior=prior,
+                       num_samples=num_pictures, seed=seed)
+    return metrics
+
+
+def save_prior_samples(run_dir: str | Path, model: Callable, guide: Callable,
+                       x: torch.Tensor, *, prior: Optional[GatedPixelCNNPrior] = None,
+                       num_samples: int = 64, seed: int = 0) -> dict[str, Path]:
+    """Write ``prior_samples.png`` (codes ~ the fitted prior, cached sampler, decoded by
+    the model) and ``prior_vs_reconstructions.png`` (a 4x4 grid of decoded prior samples
+    on the left, test originals above their reconstructions on the right) into ``run_dir``.
+
+    Args:
+        x: (n, ...) test data, n >= 1, used for reconstructions and as the shape template.
+        prior: the fitted prior (loaded from ``run_dir`` when None).
+    """
+    from torchvision.utils import make_grid, save_image
+
+    from .pictures import reconstruct, save_grid
+
+    run_dir = Path(run_dir)
+    p = next(model.parameters()) if isinstance(model, torch.nn.Module) else x
+    if prior is None:
+        prior = load_prior(run_dir, str(p.device))
+    codes = prior.sample(num_samples, generator=torch.Generator(device=p.device).manual_seed(seed))
+    x_like = x[:1].expand(num_samples, *x.shape[1:])
+    images = decode_codes(model, codes, x_like)
+    out = {"prior_samples": save_grid(images, run_dir / "prior_samples.png")}
+    # side by side: 4x4 prior samples | 8 test originals (odd rows) above reconstructions
+    n = min(8, len(x))
+    rec = reconstruct(model, guide, x[:n])
+    pairs = torch.cat([torch.cat([x[i:i + 4], rec[i:i + 4]]) for i in range(0, n, 4)])
+    left = make_grid(images[:16].float().clamp(0, 1).cpu(), nrow=4, padding=2, pad_value=0.5)
+    right = make_grid(pairs.float().clamp(0, 1).cpu(), nrow=4, padding=2, pad_value=0.5)
+    height = max(left.shape[1], right.shape[1])
+    pad = lambda g: torch.nn.functional.pad(g, (0, 0, 0, height - g.shape[1]), value=1.0)  # noqa: E731
+    gap = torch.ones(3, height, 8)
+    path = run_dir / "prior_vs_reconstructions.png"
+    save_image(torch.cat([pad(left), gap, pad(right)], dim=2), path)
+    out["prior_vs_reconstructions"] = path
+    return out
+
+
+# -- command line ------------------------------------------------------------------------
+def add_fit_prior_arguments(p) -> None:
+    """Arguments of ``lvm-pyro fit-prior RUN_DIR``."""
+    D = PRIOR_DEFAULTS
+    p.add_argument("run_dir", help="a VQ-VAE run directory (lvm-pyro fit --model vqvae)")
+    p.add_argument("--channels", type=int, default=D["channels"])
+    p.add_argument("--num-layers", type=int, default=D["num_layers"])
+    p.add_argument("--kernel-size", type=int, default=D["kernel_size"])
+    p.add_argument("--epochs", type=int, default=D["epochs"])
+    p.add_argument("--batch-size", type=int, default=D["batch_size"])
+    p.add_argument("--lr", type=float, default=D["lr"])
+    p.add_argument("--seed", type=int, default=D["seed"])
+    p.add_argument("--num-train", type=int, default=None, help="fit on the first N training points")
+    p.add_argument("--num-test", type=int, default=None, help="evaluate on the first N test points")
+    p.add_argument("--num-samples", type=int, default=64, help="prior samples in prior_samples.png")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run_fit_prior_command(a) -> int:
+    """``lvm-pyro fit-prior``: fit, print the key figures and the files written."""
+    m = fit_prior(a.run_dir, channels=a.channels, num_layers=a.num_layers,
+                  kernel_size=a.kernel_size, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+                  seed=a.seed, num_train=a.num_train, num_test=a.num_test,
+                  num_pictures=a.num_samples, resume=a.resume, progress=not a.no_progress)
+    d = Path(a.run_dir)
+    print(f"prior NLL {m['prior_bits_per_code']:.4f} bits/code (uniform prior: "
+          f"{m['uniform_bits_per_code']:.4f}; {m['grid_shape'][0]}x{m['grid_shape'][1]} grid, "
+          f"K={m['codebook_size']}, {m['num_test_points']} test points)")
+    print(f"two-stage bound: {m['two_stage_bits_per_dim']:.4f} bits/dim "
+          f"({m['two_stage_nll']:.2f} nats/example; with the uniform code prior "
+          f"{m['uniform_prior_bits_per_dim']:.4f} bits/dim)")
+    print(f"pictures: {d / 'prior_samples.png'}, {d / 'prior_vs_reconstructions.png'}")
+    print(f"metrics: {d / PRIOR_METRICS}")
+    return 0
+

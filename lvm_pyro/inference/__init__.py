@@ -28,3 +28,8 @@ from .vimco import VIMCO, leave_one_out_baselines
 
 __all__ += ["ScoreFunctionDistribution", "ScoreFunctionMessenger", "ScoreFunctionGuide",
             "MLPBaseline", "score_function", "VIMCO", "leave_one_out_baselines"]
+from .kl_weighting import (FreeBits_ELBO, KLWeighted_ELBO, LatentScaleMessenger, beta_schedule,
+                           kl_warmup_factor, per_dimension_kl, scale_latents)
+
+__all__ += ["KLWeighted_ELBO", "FreeBits_ELBO", "LatentScaleMessenger", "scale_latents",
+            "kl_warmup_factor", "beta_schedule", "per_dimension_kl"]

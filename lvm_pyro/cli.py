@@ -42,6 +42,18 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="default 60 on digits, 10 otherwise")
     p.add_argument("--seed", type=int, default=D["seed"])
     p.add_argument("--binarization", default=D["binarization"], choices=["dynamic", "static", "none"])
+    g = p.add_argument_group("VQ-VAE (--model vqvae; use --likelihood discretized_logistic "
+                             "--binarization none --num-samples 1 on 8-bit data)")
+    g.add_argument("--codebook-size", type=int, default=D["codebook_size"], help="K codes")
+    g.add_argument("--embedding-dim", type=int, default=D["embedding_dim"], help="D per code")
+    g.add_argument("--commitment-weight", type=float, default=D["commitment_weight"], help="beta")
+    g.add_argument("--decay", type=float, default=D["decay"],
+                   help="EMA decay of the codebook; 0 learns it by the codebook loss")
+    g.add_argument("--dead-code-threshold", type=float, default=D["dead_code_threshold"],
+                   help="restart codes used fewer times per step (moving average); 0: never")
+    g.add_argument("--num-mixtures", type=int, default=D["num_mixtures"],
+                   help="logistic components per pixel of the discretized_logistic likelihood")
+    g.add_argument("--channels", type=int, default=D["channels"], help="conv width of the VQ-VAE nets")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--num-samples", type=int, default=1000, help="importance samples for the test NLL")
     p.add_argument("--num-test", type=int, default=None, help="evaluate on the first N test points")
@@ -90,7 +102,7 @@ def _run_fit(a: argparse.Namespace) -> int:
 def _run_evaluate(a: argparse.Namespace) -> int:
     from .training.run import METRICS_FILE, _write_json, evaluate_run
 
-    m = evaluate_run(a.run_dir, num_samples=a.num_samples, num_test=a.num_test)
+    m = evaluate_run(a.run_dir, num_samples=a.num_samples, num_test=a.num_test, progress=True)
     path = Path(a.run_dir) / "evaluation.json"
     _write_json(path, m)
     print(f"test NLL {m['test_nll']:.3f} +- {m['test_nll_se']:.3f} nats/example "
@@ -126,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--num-samples", type=int, default=64)
     p.set_defaults(run=_run_sample)
+    from .training.prior_stage import add_fit_prior_arguments, run_fit_prior_command
+    SUBCOMMANDS.setdefault("fit-prior", (add_fit_prior_arguments, run_fit_prior_command))
     for name, (add_args, run) in SUBCOMMANDS.items():
         p = sub.add_parser(name)
         add_args(p)

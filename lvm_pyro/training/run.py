@@ -20,7 +20,7 @@ import torch
 
 from ..data import binarize_test, load_dataset
 from ..inference import elbo_per_datapoint, log_marginal_likelihood, summarize_nll
-from .builders import build_elbo, build_model
+from .builders import build_callbacks, build_elbo, build_metrics, build_model
 from .checkpoint import CheckpointError, load_checkpoint, restore_params
 from .loop import Trainer, adapt_program
 from .pictures import prior_samples, save_grid, save_loss_curve, save_reconstructions
@@ -36,6 +36,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "elbo": "trace", "num_particles": 1, "batch_size": 100, "lr": 1e-3, "epochs": 60,
     "seed": 0, "binarization": "dynamic", "device": "cpu",
     "gradient": "standard",  # IWAE_ELBO's estimator (--elbo iwae): standard | dreg | stl
+    # VQ-VAE (lvm-pyro fit --model vqvae --likelihood discretized_logistic --binarization none)
+    "codebook_size": 512, "embedding_dim": 16, "commitment_weight": 0.25, "decay": 0.99,
+    "dead_code_threshold": 1.0, "num_mixtures": 1, "channels": 64,
 }
 
 
@@ -115,12 +118,12 @@ def train_run(config: dict, out: str | Path, *, resume: bool = False, progress: 
                       batch_size=config["batch_size"], seed=config["seed"],
                       binarization=config["binarization"], checkpoint_path=out / CHECKPOINT_FILE,
                       config={k: v for k, v in config.items() if k != "epochs"},
-                      progress=progress)
+                      progress=progress, callbacks=build_callbacks(config, model, guide))
     history = trainer.fit(x_train, config["epochs"], resume=resume)
     train_seconds = time.perf_counter() - t0
     save_loss_curve(history, out / "loss_curve.png")
     metrics = evaluate_run(out, num_samples=num_samples, num_test=num_test,
-                           model=model, guide=guide, config=config)
+                           model=model, guide=guide, config=config, progress=progress)
     metrics.update({"train_curve": history, "train_seconds": train_seconds})
     _write_json(out / METRICS_FILE, metrics)
     sample_run(out, model=model, guide=guide, config=config)
@@ -162,7 +165,8 @@ def load_run(run_dir: str | Path, device: Optional[str] = None) -> Run:
 
 
 def evaluate_run(run_dir: str | Path, *, num_samples: int = 1000, num_test: Optional[int] = None,
-                 batch_size: int = 100, model=None, guide=None, config=None) -> dict:
+                 batch_size: int = 100, model=None, guide=None, config=None,
+                 progress: bool = False) -> dict:
     """Test ELBO and importance-sampled test NLL of a run.
 
     Returns a dict with ``test_elbo`` (mean per-datapoint ELBO, nats, one sample per
@@ -179,7 +183,11 @@ def evaluate_run(run_dir: str | Path, *, num_samples: int = 1000, num_test: Opti
         x = x[:num_test]
     elbos, logps = [], []
     t0 = time.perf_counter()
-    for start in range(0, len(x), batch_size):
+    starts = range(0, len(x), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+        starts = tqdm(starts, desc=f"evaluating (K={num_samples})", unit="batch")
+    for start in starts:
         xb = x[start:start + batch_size]
         elbos.append(elbo_per_datapoint(model, guide, xb, num_samples=1))
         logps.append(log_marginal_likelihood(model, guide, xb, num_samples=num_samples))
@@ -200,17 +208,23 @@ def evaluate_run(run_dir: str | Path, *, num_samples: int = 1000, num_test: Opti
         "eval_seconds": time.perf_counter() - t0, "versions": _versions(),
         "config": config,
     }
+    metrics.update(build_metrics(config, model, guide, x))  # model-specific (e.g. VQ-VAE usage)
     return metrics
 
 
 def sample_run(run_dir: str | Path, *, num_samples: int = 64, model=None, guide=None,
                config=None) -> dict[str, Path]:
     """Write ``samples.png`` (decoder means at prior draws) and ``reconstructions.png``
-    (test originals above reconstructions) into the run directory."""
+    (test originals above reconstructions) into the run directory; for a VQ-VAE run with
+    a code prior fitted by ``lvm-pyro fit-prior`` also ``prior_samples.png`` and
+    ``prior_vs_reconstructions.png`` (:mod:`lvm_pyro.training.prior_stage`)."""
     run_dir = Path(run_dir)
     if model is None:
         model, guide, config, _ = load_run(run_dir)
     x = prepare_data(config, "test", config["device"])[:num_samples]
     out = {"samples": save_grid(prior_samples(model, x), run_dir / "samples.png"),
            "reconstructions": save_reconstructions(model, guide, x[:32], run_dir / "reconstructions.png")}
+    from .prior_stage import prior_is_current, save_prior_samples
+    if prior_is_current(run_dir):  # a code prior fitted after training: decoded prior samples
+        out.update(save_prior_samples(run_dir, model, guide, x, num_samples=num_samples))
     return out

@@ -20,6 +20,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO
+from pyro.util import get_rng_state, set_rng_state
 
 from ..sites import program_kwargs
 
@@ -82,15 +83,21 @@ class GradientStats(NamedTuple):
 
 def parameter_groups(model: Callable, guide: Callable, *args, **kwargs) -> dict[str, list[str]]:
     """Param-store names used by the guide (``"encoder"``) and by the model replayed on
-    the guide (``"decoder"``), found by one unvectorised run without gradients.
+    the guide (``"decoder"``), found by one unvectorised run without gradients (the
+    global RNG states are restored afterwards).
     ``args`` / ``kwargs`` as for the objective (``num_data`` / ``idx`` are passed only to
     programs that accept them)."""
     extra = dict(kwargs)
     num_data, idx = extra.pop("num_data", None), extra.pop("idx", None)
-    with torch.no_grad(), poutine.block():
-        gt = poutine.trace(guide).get_trace(*args, **extra, **program_kwargs(guide, num_data, idx))
-        mt = poutine.trace(poutine.replay(model, trace=gt)).get_trace(
-            *args, **extra, **program_kwargs(model, num_data, idx))
+    rng = get_rng_state()
+    try:
+        with torch.no_grad(), poutine.block():
+            gt = poutine.trace(guide).get_trace(*args, **extra,
+                                                **program_kwargs(guide, num_data, idx))
+            mt = poutine.trace(poutine.replay(model, trace=gt)).get_trace(
+                *args, **extra, **program_kwargs(model, num_data, idx))
+    finally:
+        set_rng_state(rng)  # the discovery run draws nothing the caller would see
     return {"encoder": [n for n, s in gt.nodes.items() if s["type"] == "param"],
             "decoder": [n for n, s in mt.nodes.items() if s["type"] == "param"]}
 

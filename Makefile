@@ -2,7 +2,11 @@
 # environment on first use with Python >= 3.12 and install with the pinned constraints.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PYTHON312 ?= $(shell command -v python3.13 2>/dev/null || command -v python3.12 2>/dev/null || PYENV_VERSION=3.12.1 pyenv which python 2>/dev/null)
+# the first interpreter that actually runs and is >= 3.12 (pyenv shims exist even where
+# they cannot run; .python-version selects pyenv's 3.12.1 in this folder)
+PYTHON312 ?= $(shell for p in python3.14 python3.13 python3.12 python3; do \
+  if $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then \
+    $$p -c 'import sys; print(sys.executable)'; break; fi; done)
 PYTEST_ARGS ?=
 
 .PHONY: demo test env clean bench

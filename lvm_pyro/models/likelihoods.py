@@ -231,7 +231,9 @@ class DiscretizedLogisticLikelihood(Likelihood):
     Args:
         num_mixtures: M >= 1.
         num_levels: L >= 2 (256 for 8 bits).
-        min_log_scale: floor on log s (PixelCNN++: -7).
+        min_log_scale: floor on log s in the [0, 1] data units (default -8: the bin
+            half-width is then 5.8 scales, P(x) <= 0.994; PixelCNN++'s -7 on [-1, 1]
+            data is -7.7 here).
 
     Raises:
         ValueError: bad arguments; ``check_support`` names the site and the fix when x is
@@ -241,7 +243,7 @@ class DiscretizedLogisticLikelihood(Likelihood):
     discrete = True
     name = "discretized_logistic"
 
-    def __init__(self, num_mixtures: int = 1, num_levels: int = 256, min_log_scale: float = -7.0):
+    def __init__(self, num_mixtures: int = 1, num_levels: int = 256, min_log_scale: float = -8.0):
         if num_mixtures < 1:
             raise ValueError(f"num_mixtures must be >= 1, got {num_mixtures}")
         if num_levels < 2:

@@ -160,8 +160,8 @@ class VectorQuantizer(nn.Module):
             averages; ``None`` learns it by the codebook loss (an ``nn.Parameter``).
         epsilon: Laplace smoothing of the EMA cluster sizes (> 0).
         kmeans_init: initialise the codebook by k-means on the first batch seen in
-            training mode (``kmeans_iters`` Lloyd iterations); otherwise uniform in
-            [-1/K, 1/K].
+            training mode (k-means++ seeding, ``kmeans_iters`` Lloyd iterations);
+            otherwise uniform in [-1/K, 1/K].
         kmeans_iters: Lloyd iterations (>= 1).
         dead_code_threshold: restart codes whose moving-average usage (vectors per
             step, EMA with ``decay`` or 0.99 in loss mode) is below it; 0 disables.
@@ -364,14 +364,23 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _kmeans(self, vectors: Tensor) -> None:
-        """Lloyd's k-means on ``vectors`` (N, D); sets the codebook (and EMA state)."""
+        """k-means (k-means++ seeding, then Lloyd iterations) on ``vectors`` (N, D); sets
+        the codebook (and EMA state)."""
         k = self.codebook_size
         n = len(vectors)
         vectors = vectors.to(self.codebook.dtype)
-        if n >= k:
-            centroids = vectors[torch.randperm(n, device=vectors.device)[:k]].clone()
-        else:  # fewer vectors than codes: sample with replacement
-            centroids = vectors[torch.randint(n, (k,), device=vectors.device)].clone()
+        # k-means++ seeding (Arthur & Vassilvitskii 2007): each new centre drawn with
+        # probability proportional to the squared distance to the nearest chosen one
+        centroids = vectors.new_empty(k, vectors.shape[1])
+        centroids[0] = vectors[torch.randint(n, (1,), device=vectors.device)]
+        min_d2 = (vectors - centroids[0]).pow(2).sum(1)  # (N,)
+        for j in range(1, k):
+            if float(min_d2.sum()) > 0:
+                pick = torch.multinomial(min_d2, 1)
+            else:  # every vector already a centre (N < K or duplicates): uniform
+                pick = torch.randint(n, (1,), device=vectors.device)
+            centroids[j] = vectors[pick]
+            min_d2 = torch.minimum(min_d2, (vectors - centroids[j]).pow(2).sum(1))
         counts = torch.zeros(k, dtype=vectors.dtype, device=vectors.device)
         for _ in range(self.kmeans_iters):
             idx = vq_nearest(vectors, centroids)

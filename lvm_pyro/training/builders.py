@@ -15,7 +15,8 @@ from ..models import VAEModel, make_likelihood
 from ..nn import MLP, ConvDecoder, ConvEncoder
 
 __all__ = ["MODEL_BUILDERS", "ELBO_BUILDERS", "register_model", "register_elbo",
-           "build_model", "build_elbo", "build_vae"]
+           "build_model", "build_elbo", "build_vae", "build_vqvae", "CALLBACK_BUILDERS",
+           "METRIC_BUILDERS", "build_callbacks", "build_metrics"]
 
 ModelBuilder = Callable[[dict, Sequence[int]], tuple[Any, Any]]
 MODEL_BUILDERS: dict[str, ModelBuilder] = {}
@@ -51,6 +52,95 @@ def build_vae(config: dict, event_shape: Sequence[int]):
 
 
 register_model("vae", build_vae)
+
+# -- per-model Trainer callbacks and extra test metrics (VQ-VAE registers both) ---------
+CALLBACK_BUILDERS: dict[str, Callable[[dict, Any, Any], list]] = {}
+METRIC_BUILDERS: dict[str, Callable[[dict, Any, Any, Any], dict]] = {}
+
+
+def build_callbacks(config: dict, model, guide) -> list:
+    """Trainer callbacks ``cb(trainer, metrics) -> dict | None`` registered for
+    ``config["model"]`` (a returned dict is merged into that epoch's history)."""
+    fn = CALLBACK_BUILDERS.get(config.get("model", "vae"))
+    return [] if fn is None else list(fn(config, model, guide))
+
+
+def build_metrics(config: dict, model, guide, x) -> dict:
+    """Extra test metrics registered for ``config["model"]`` on test data x ({} if none)."""
+    fn = METRIC_BUILDERS.get(config.get("model", "vae"))
+    return {} if fn is None else dict(fn(config, model, guide, x))
+
+
+def build_vqvae(config: dict, event_shape: Sequence[int]):
+    """VQ-VAE (van den Oord et al. 2017) with the conv encoder / decoder of
+    :mod:`lvm_pyro.nn.vq_conv` (``channels`` wide, latent grid H/4 x W/4), a
+    :class:`~lvm_pyro.nn.VectorQuantizer` shared by model and guide (``codebook_size``,
+    ``embedding_dim``, ``commitment_weight``, ``decay``: 0 learns the codebook by its
+    loss, ``dead_code_threshold``) and the likelihood ``likelihood`` (default
+    ``discretized_logistic`` with ``num_mixtures`` components; levels from ``num_levels``
+    or the data set: 17 for digits, else 256)."""
+    from ..guides import VQEncoderGuide
+    from ..models import VQVAEModel
+    from ..nn import VectorQuantizer, VQConvDecoder, VQConvEncoder
+
+    c, h, w = tuple(event_shape)
+    name = config.get("likelihood", "discretized_logistic")
+    kwargs = {}
+    if name == "discretized_logistic":
+        levels = config.get("num_levels") or (17 if config.get("data") == "digits" else 256)
+        kwargs = {"num_mixtures": int(config.get("num_mixtures", 1)), "num_levels": int(levels)}
+    lik = make_likelihood(name, **kwargs)
+    d, ch = int(config.get("embedding_dim", 16)), int(config.get("channels", 64))
+    decay = float(config.get("decay", 0.99))
+    quantizer = VectorQuantizer(int(config.get("codebook_size", 512)), d,
+                                commitment_weight=float(config.get("commitment_weight", 0.25)),
+                                decay=decay if decay > 0 else None,
+                                dead_code_threshold=float(config.get("dead_code_threshold", 0.0)))
+    enc = VQConvEncoder(c, d, channels=ch, res_channels=max(1, ch // 2))
+    dec = VQConvDecoder(d, (lik.num_params, c, h, w), channels=ch, res_channels=max(1, ch // 2))
+    return (VQVAEModel(dec, quantizer, (h // 4, w // 4), (c, h, w), lik),
+            VQEncoderGuide(enc, quantizer))
+
+
+def _vqvae_callbacks(config: dict, model, guide) -> list:
+    quantizer = guide.quantizer
+
+    def codebook_usage(trainer, metrics) -> dict:
+        restarts = int(quantizer.epoch_restarts)
+        usage = quantizer.usage_summary(reset=True)
+        return {"perplexity": usage.perplexity, "dead_codes": usage.dead_codes,
+                "restarted_codes": restarts}
+
+    return [codebook_usage]
+
+
+def _vqvae_metrics(config: dict, model, guide, x, batch_size: int = 100) -> dict:
+    import math
+
+    import torch
+
+    from ..nn import codebook_usage
+
+    rec, codes = [], []
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            out = guide.encode(x[start:start + batch_size])
+            rec.append(model.reconstruction_log_prob(x[start:start + batch_size], out.quantized))
+            codes.append(out.indices)
+    rec_nll = -torch.cat(rec).double()
+    usage = codebook_usage(torch.cat(codes), model.codebook_size)
+    dims = math.prod(x.shape[1:])
+    return {"test_reconstruction_nll": float(rec_nll.mean()),
+            "test_reconstruction_nll_se": float(rec_nll.std() / math.sqrt(len(rec_nll))),
+            "test_reconstruction_bits_per_dim": float(rec_nll.mean()) / (dims * math.log(2)),
+            "codes_prior_nats": model.num_codes * math.log(model.codebook_size),
+            "test_perplexity": usage.perplexity, "test_dead_codes": usage.dead_codes,
+            "codebook_size": model.codebook_size, "code_grid": list(model.latent_shape)}
+
+
+register_model("vqvae", build_vqvae)
+CALLBACK_BUILDERS["vqvae"] = _vqvae_callbacks
+METRIC_BUILDERS["vqvae"] = _vqvae_metrics
 register_elbo("trace", lambda c: Trace_ELBO(num_particles=int(c.get("num_particles", 1)),
                                             vectorize_particles=int(c.get("num_particles", 1)) > 1,
                                             max_plate_nesting=1))

@@ -1,4 +1,40 @@
-"""Posterior diagnostics (PSIS k-hat, ArviZ conversion, MCMC references, information
-measures). Filled in by later issues; see :mod:`lvm_pyro.inference` for the engine."""
+"""Posterior diagnostics of any model / guide pair, on the per-datapoint log-weight engine
+(:func:`lvm_pyro.inference.log_weights`) and ArviZ 1.x.
 
-__all__: list[str] = []
+* :func:`importance_diagnostics` -- PSIS k-hat, importance ESS, log p(x) per datapoint
+  (Yao et al. 2018; Vehtari et al. 2024).
+* :func:`to_datatree` -- guide draws, observations and log weights as an
+  ``xarray.DataTree`` for ``az.summary`` and ArviZ plots.
+* :func:`nuts_reference`, :func:`compare_to_reference` -- NUTS on p(z | x) with the model
+  fixed, R-hat / ESS via ArviZ, and the guide against it.
+* :func:`kl_per_dimension`, :func:`active_units`, :func:`mutual_information`,
+  :func:`kl_decomposition` -- how much information z carries (Burda et al. 2015;
+  Hoffman & Johnson 2016; He et al. 2019).
+* :func:`simulation_based_calibration` -- rank test of the amortised guide (Talts et al.
+  2018).
+
+The command ``lvm-pyro diagnose RUN_DIR`` (:mod:`lvm_pyro.training.diagnose`) runs them
+all on a trained run; ``docs/diagnostics.md`` explains how to read them.
+"""
+
+from .arviz_convert import draws_to_datatree, to_datatree
+from .importance import (EXACT_TOL, ImportanceDiagnostics, importance_diagnostics,
+                         importance_ess, khat_threshold, pareto_khat, sample_log_weights,
+                         summarize_khat)
+from .information import (ACTIVE_UNIT_THRESHOLD, ActiveUnits, KLDecomposition,
+                          MutualInformation, active_units, average_kl, kl_decomposition,
+                          kl_per_dimension, mutual_information)
+from .mcmc_reference import (GuideComparison, MCMCReference, compare_to_reference,
+                             energy_distance, nuts_reference)
+from .sbc import SBCResult, rank_uniformity_pvalue, simulation_based_calibration
+
+__all__ = [
+    "importance_diagnostics", "ImportanceDiagnostics", "pareto_khat", "importance_ess",
+    "khat_threshold", "summarize_khat", "sample_log_weights", "EXACT_TOL",
+    "to_datatree", "draws_to_datatree",
+    "nuts_reference", "MCMCReference", "compare_to_reference", "GuideComparison",
+    "energy_distance",
+    "kl_per_dimension", "average_kl", "active_units", "ActiveUnits", "mutual_information",
+    "MutualInformation", "kl_decomposition", "KLDecomposition", "ACTIVE_UNIT_THRESHOLD",
+    "simulation_based_calibration", "SBCResult", "rank_uniformity_pvalue",
+]

@@ -32,7 +32,7 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--network", default=D["network"], choices=["mlp", "conv"])
     p.add_argument("--activation", default=D["activation"])
     p.add_argument("--likelihood", default=D["likelihood"])
-    p.add_argument("--elbo", default=D["elbo"], help="objective: trace (default), meanfield, iwae, ...")
+    p.add_argument("--elbo", default=D["elbo"], help="objective: trace (default), meanfield, iwae, tracegraph, vimco, ...")
     p.add_argument("--num-particles", type=int, default=D["num_particles"])
     p.add_argument("--gradient", default=D["gradient"], choices=["standard", "dreg", "stl"],
                    help="gradient estimator of --elbo iwae: standard (default), dreg (doubly "
@@ -54,6 +54,18 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-mixtures", type=int, default=D["num_mixtures"],
                    help="logistic components per pixel of the discretized_logistic likelihood")
     g.add_argument("--channels", type=int, default=D["channels"], help="conv width of the VQ-VAE nets")
+    k = p.add_argument_group("KL weighting and score-function objectives (--elbo tracegraph: "
+                             "NVIL baselines for --model sbn; --elbo vimco: needs --num-particles >= 2)")
+    k.add_argument("--beta", type=float, default=D["beta"],
+                   help="weight of the KL term, beta-VAE (default 1: the plain ELBO)")
+    k.add_argument("--kl-warmup", type=int, default=D["kl_warmup"],
+                   help="KL warm-up length in OPTIMISER STEPS: beta_t = beta * min(1, t / T) "
+                        "(default 0: none)")
+    k.add_argument("--free-bits", type=float, default=D["free_bits"],
+                   help="free bits lambda, nats per latent dimension: KL term sum_j max(lambda, "
+                        "E_batch KL_j) (--elbo trace|meanfield; default 0: off)")
+    k.add_argument("--num-stochastic-layers", type=int, default=D["num_stochastic_layers"],
+                   help="Bernoulli layers of --model sbn (1 or 2; default 1)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--num-samples", type=int, default=1000, help="importance samples for the test NLL")
     p.add_argument("--num-test", type=int, default=None, help="evaluate on the first N test points")
@@ -140,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_run_sample)
     from .training.prior_stage import add_fit_prior_arguments, run_fit_prior_command
     SUBCOMMANDS.setdefault("fit-prior", (add_fit_prior_arguments, run_fit_prior_command))
+    from .training import diagnose as _diagnose  # `lvm-pyro diagnose RUN_DIR`
+    SUBCOMMANDS.setdefault("diagnose", (_diagnose.add_arguments, _diagnose.run))
     for name, (add_args, run) in SUBCOMMANDS.items():
         p = sub.add_parser(name)
         add_args(p)

@@ -12,3 +12,6 @@ __all__ += ["LocalNormalGuide", "EmptyGuide"]
 from .vqvae import VQEncoderGuide  # noqa: E402
 
 __all__ += ["VQEncoderGuide"]
+from .sigmoid_belief_net import InputBaseline, SigmoidBeliefNetGuide  # noqa: E402
+
+__all__ += ["SigmoidBeliefNetGuide", "InputBaseline"]

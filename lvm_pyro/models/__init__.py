@@ -16,3 +16,6 @@ from .likelihoods import DiscretizedLogisticLikelihood  # noqa: E402
 from .vqvae import VQVAEModel  # noqa: E402
 
 __all__ += ["VQVAEModel", "DiscretizedLogisticLikelihood"]
+from .sigmoid_belief_net import SigmoidBeliefNetModel  # noqa: E402
+
+__all__ += ["SigmoidBeliefNetModel"]

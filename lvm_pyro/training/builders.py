@@ -151,6 +151,94 @@ register_elbo("iwae", lambda c: IWAE_ELBO(num_particles=int(c.get("num_particles
                                           gradient=c.get("gradient", "standard")))
 
 
+# -- sigmoid belief net, score-function objectives, KL weighting (issue 4) ---------------
+def build_sbn(config: dict, event_shape: Sequence[int]):
+    """Sigmoid belief net (:class:`~lvm_pyro.models.SigmoidBeliefNetModel`) with
+    ``num_stochastic_layers`` Bernoulli layers of ``z_dim`` units and a Bernoulli encoder
+    guide; every conditional is an MLP with ``num_hidden`` tanh layers of ``hidden_dim``
+    (``num_hidden=0``: the classic linear SBN). With ``elbo="tracegraph"`` the guide
+    declares NVIL input-dependent baselines (an MLP with one hidden layer of 100)."""
+    from ..guides import InputBaseline, SigmoidBeliefNetGuide
+    from ..models import SigmoidBeliefNetModel
+
+    event_shape = tuple(event_shape)
+    z_dim, layers = int(config["z_dim"]), int(config.get("num_stochastic_layers", 1))
+    if layers < 1:
+        raise ValueError(f"num_stochastic_layers must be >= 1, got {layers}")
+    hidden = [int(config.get("hidden_dim", 200))] * int(config.get("num_hidden", 0))
+    act = config.get("activation", "tanh")
+    dims = [z_dim] * layers
+    dec = MLP((z_dim,), hidden, (1, *event_shape), activation=act)
+    between = [MLP((z_dim,), hidden, (z_dim,), activation=act) for _ in range(layers - 1)]
+    encoders = [MLP(event_shape, hidden, (z_dim,), activation=act)]
+    encoders += [MLP((z_dim,), hidden, (z_dim,), activation=act) for _ in range(layers - 1)]
+    baselines = None
+    if config.get("elbo") == "tracegraph":
+        baselines = [InputBaseline(event_shape, (100,)) for _ in range(layers)]
+    return (SigmoidBeliefNetModel(dec, dims, event_shape, between),
+            SigmoidBeliefNetGuide(encoders, dims, baselines))
+
+
+def _build_vimco(c: dict):
+    from ..inference import VIMCO
+
+    k = int(c.get("num_particles", 1))
+    if k < 2:
+        raise ValueError(f"--elbo vimco needs --num-particles K >= 2 (leave-one-out baselines), "
+                         f"got {k}")
+    return VIMCO(num_particles=k, max_plate_nesting=1)
+
+
+def _build_tracegraph(c: dict):
+    from pyro.infer import TraceGraph_ELBO
+
+    # particles unvectorised: guide-declared baselines have the data plate's shape (batch,)
+    return TraceGraph_ELBO(num_particles=int(c.get("num_particles", 1)),
+                           vectorize_particles=False, max_plate_nesting=1)
+
+
+register_model("sbn", build_sbn)
+register_elbo("vimco", _build_vimco)
+register_elbo("tracegraph", _build_tracegraph)
+
+
+def apply_kl_weighting(elbo: ELBO, config: dict) -> ELBO:
+    """Wrap ``elbo`` with the run's KL weighting: ``free_bits`` lambda > 0 replaces a
+    ``trace`` / ``meanfield`` objective by :class:`~lvm_pyro.inference.FreeBits_ELBO`;
+    ``beta`` != 1 or ``kl_warmup`` T > 0 (optimiser steps) wraps it in
+    :class:`~lvm_pyro.inference.KLWeighted_ELBO` (beta_t = beta * min(1, t / T)).
+    The defaults (1, 0, 0) return ``elbo`` unchanged.
+
+    Raises:
+        ValueError: free bits with another objective, or beta / warm-up with an
+            importance-weighted one (IWAE, VIMCO), whose bound has no KL term to weigh.
+    """
+    from pyro.infer import TraceEnum_ELBO, TraceGraph_ELBO
+
+    from ..inference import FreeBits_ELBO, KLWeighted_ELBO
+
+    name = config.get("elbo", "trace")
+    beta = float(config.get("beta", 1.0))
+    warmup = int(config.get("kl_warmup", 0) or 0)
+    free_bits = float(config.get("free_bits", 0.0) or 0.0)
+    if free_bits > 0:
+        if name not in ("trace", "meanfield"):
+            raise ValueError(f"--free-bits works with --elbo trace or meanfield (pathwise "
+                             f"gradients), not {name!r}")
+        elbo = FreeBits_ELBO(free_bits, num_particles=int(config.get("num_particles", 1)),
+                             max_plate_nesting=1)
+    if beta != 1.0 or warmup > 0:
+        if not isinstance(elbo, (Trace_ELBO, TraceGraph_ELBO, TraceEnum_ELBO, FreeBits_ELBO)):
+            raise ValueError(f"--beta / --kl-warmup weigh the KL term of an ELBO (--elbo trace, "
+                             f"meanfield or tracegraph); {name!r} is an importance-weighted bound "
+                             "with no KL term to weigh")
+        elbo = KLWeighted_ELBO(elbo, beta=beta, kl_warmup_steps=warmup)
+    return elbo
+
+
+__all__ += ["build_sbn", "apply_kl_weighting"]
+
+
 def build_model(config: dict, event_shape: Sequence[int]):
     """(model, guide) for ``config["model"]``.
 
@@ -172,4 +260,4 @@ def build_elbo(config: dict) -> ELBO:
     name = config.get("elbo", "trace")
     if name not in ELBO_BUILDERS:
         raise ValueError(f"unknown elbo {name!r}; registered: {sorted(ELBO_BUILDERS)}")
-    return ELBO_BUILDERS[name](config)
+    return apply_kl_weighting(ELBO_BUILDERS[name](config), config)

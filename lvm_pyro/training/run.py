@@ -39,6 +39,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # VQ-VAE (lvm-pyro fit --model vqvae --likelihood discretized_logistic --binarization none)
     "codebook_size": 512, "embedding_dim": 16, "commitment_weight": 0.25, "decay": 0.99,
     "dead_code_threshold": 1.0, "num_mixtures": 1, "channels": 64,
+    # KL weighting (--beta, --kl-warmup optimiser steps, --free-bits nats per latent dim)
+    # and the sigmoid belief net's depth (--model sbn)
+    "beta": 1.0, "kl_warmup": 0, "free_bits": 0.0, "num_stochastic_layers": 1,
 }
 
 
@@ -119,6 +122,8 @@ def train_run(config: dict, out: str | Path, *, resume: bool = False, progress: 
                       binarization=config["binarization"], checkpoint_path=out / CHECKPOINT_FILE,
                       config={k: v for k, v in config.items() if k != "epochs"},
                       progress=progress, callbacks=build_callbacks(config, model, guide))
+    if hasattr(trainer.elbo, "step_source"):  # KL warm-up reads the trainer's step (exact on resume)
+        trainer.elbo.step_source = lambda: trainer.step
     history = trainer.fit(x_train, config["epochs"], resume=resume)
     train_seconds = time.perf_counter() - t0
     save_loss_curve(history, out / "loss_curve.png")

@@ -234,8 +234,9 @@ def fit_prior(run_dir: str | Path, *, channels: int = PRIOR_DEFAULTS["channels"]
     with torch.no_grad():
         lp = torch.cat([prior.log_prob(codes_test[s:s + 1000]) for s in range(0, len(codes_test), 1000)])
     bound = two_stage_bound(model, guide, prior, x_test)
-    uniform = torch.cat([log_weights(model, guide, x_test[s:s + 500], 1).log_w[0]
-                         for s in range(0, len(x_test), 500)])
+    with torch.no_grad():
+        uniform = torch.cat([log_weights(model, guide, x_test[s:s + 500], 1).log_w[0]
+                             for s in range(0, len(x_test), 500)])
     num_dims = int(math.prod(x_test.shape[1:]))
     offset = _bits_offset_nats(config, num_dims)
     to_bpd = lambda nll: (nll + offset) / (num_dims * math.log(2))  # noqa: E731
@@ -296,8 +297,15 @@ def save_prior_samples(run_dir: str | Path, model: Callable, guide: Callable,
     n = min(8, len(x))
     rec = reconstruct(model, guide, x[:n])
     pairs = torch.cat([torch.cat([x[i:i + 4], rec[i:i + 4]]) for i in range(0, n, 4)])
-    left = make_grid(images[:16].float().clamp(0, 1).cpu(), nrow=4, padding=2, pad_value=0.5)
-    right = make_grid(pairs.float().clamp(0, 1).cpu(), nrow=4, padding=2, pad_value=0.5)
+    factor = -(-28 // x.shape[-2])  # enlarge small images (8x8 digits) as save_grid does
+
+    def grid(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach().float().clamp(0, 1).cpu()
+        if factor > 1:
+            t = torch.nn.functional.interpolate(t, scale_factor=factor, mode="nearest")
+        return make_grid(t, nrow=4, padding=2, pad_value=0.5)
+
+    left, right = grid(images[:16]), grid(pairs)
     height = max(left.shape[1], right.shape[1])
     pad = lambda g: torch.nn.functional.pad(g, (0, 0, 0, height - g.shape[1]), value=1.0)  # noqa: E731
     gap = torch.ones(3, height, 8)

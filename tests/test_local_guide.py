@@ -65,6 +65,9 @@ def test_idx_selects_rows_and_none_uses_all():
         LocalNormalGuide(5, 2, init_loc=torch.zeros(4, 2), name="bad")
     with pytest.raises(ValueError, match="init_scale"):
         LocalNormalGuide(5, 2, init_scale=0.0, name="bad2")
+    # a second guide of another size under the same name would silently share the store
+    with pytest.raises(ValueError, match="another name"):
+        LocalNormalGuide(6, 2, name="rows_test")
 
 
 @pytest.fixture(scope="module")

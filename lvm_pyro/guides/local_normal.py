@@ -40,12 +40,15 @@ class LocalNormalGuide(PyroModule):
         init_scale: (N, z_dim) or scalar initial scale (> 0). Default 1 (the prior's).
         name: prefix of the parameter names in Pyro's param store (``"<name>.loc"``,
             ``"<name>.scale"``); two local guides alive together need different names.
+            As for every ``PyroModule``, values already in the store under these names
+            (same shape) are used in place of the initial values at the first call.
 
     ``forward(x, *, num_data=None, idx=None)``: x (batch, ...) with batch the length of
     ``idx``; with ``idx=None`` x must hold all N datapoints in order (all rows are used).
 
     Raises:
-        ValueError: bad sizes or initial values; at call time, ``idx`` missing while
+        ValueError: bad sizes or initial values; the param store holding ``<name>.loc``
+            of another shape; at call time, ``idx`` missing while
             ``len(x) != N``, an index outside 0..N-1, or ``num_data`` other than N.
     """
 
@@ -69,6 +72,13 @@ class LocalNormalGuide(PyroModule):
                              f"{shape}, got {tuple(loc.shape)} / {tuple(scale.shape)}") from e
         if not bool((scale > 0).all()):
             raise ValueError("init_scale must be > 0 everywhere")
+        store = pyro.get_param_store()
+        for key in (f"{name}.loc" if name else "loc", f"{name}.scale" if name else "scale"):
+            if key in store and tuple(store[key].shape) != shape:
+                raise ValueError(
+                    f"Pyro's param store already holds {key!r} of shape "
+                    f"{tuple(store[key].shape)}, not {shape}: another LocalNormalGuide uses "
+                    f"name={name!r}; give this one another name (or pyro.clear_param_store())")
         self.loc = PyroParam(loc)
         self.scale = PyroParam(scale, constraints.positive)
 

@@ -125,3 +125,12 @@ def test_bad_input_raises():
         pareto_khat(torch.full((30, 2), -math.inf))
     with pytest.raises(ValueError, match="shape"):
         pareto_khat(torch.zeros(30))
+
+
+def test_point_mass_guide_is_rejected_not_called_exact():
+    def delta_guide(x):
+        with data_plate(x):
+            pyro.sample("z", dist.Delta(torch.zeros_like(x)))
+
+    with pytest.raises(ValueError, match="do not vary"):
+        importance_diagnostics(model, delta_guide, X, num_samples=50)

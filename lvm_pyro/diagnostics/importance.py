@@ -35,13 +35,14 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
+from pyro.poutine.util import site_is_subsample
 
 from ..inference import guess_max_plate_nesting, log_weights
 from ..sites import LATENT
 
 __all__ = ["ImportanceDiagnostics", "importance_diagnostics", "sample_log_weights",
            "pareto_khat", "importance_ess", "khat_threshold", "summarize_khat",
-           "particles_by_datapoint",
+           "particles_by_datapoint", "check_stochastic_guide",
            "EXACT_TOL", "MIN_SAMPLES"]
 
 #: spread of the log weights (nats) at or below which the guide counts as exact
@@ -192,6 +193,32 @@ def particles_by_datapoint(value: torch.Tensor, event_dim: int, num_particles: i
                                                                 *event_shape)
 
 
+@torch.no_grad()
+def check_stochastic_guide(model: Callable, guide: Callable, x: torch.Tensor) -> None:
+    """Raise when every latent site of the guide is a point mass (e.g. the VQ-VAE's
+    one-hot code posterior): all log weights are then equal because q has no spread, not
+    because q is the exact posterior, and k-hat / ESS would be meaningless.
+
+    Runs the engine once with 2 particles on the first row of ``x``.
+
+    Raises:
+        ValueError: the guide's draws do not vary between particles.
+    """
+    out = log_weights(model, guide, x[:1], 2)
+    varies = False
+    for name, site in out.guide_trace.nodes.items():
+        if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
+            continue
+        v = site["value"]
+        if v.dim() > 0 and v.shape[0] == 2 and not torch.equal(v[0], v[1]):
+            varies = True
+    if not varies:
+        raise ValueError("the guide's latent draws do not vary (a point-mass / deterministic "
+                         "guide such as the VQ-VAE's one-hot codes): importance weights are "
+                         "all equal by construction, so PSIS k-hat and ESS say nothing about "
+                         "posterior quality")
+
+
 class ImportanceDiagnostics(NamedTuple):
     """Per-datapoint importance diagnostics (see :func:`importance_diagnostics`).
 
@@ -288,6 +315,7 @@ def importance_diagnostics(model: Callable, guide: Callable, x: torch.Tensor,
         if num_samples < MIN_SAMPLES:
             raise ValueError(f"num_samples must be >= {MIN_SAMPLES} (the Pareto fit needs 5 "
                              f"tail draws), got {num_samples}")
+        check_stochastic_guide(model, guide, x)
         log_w, _ = sample_log_weights(model, guide, x, num_samples, latent=None,
                                       chunk_size=chunk_size)
     log_w = log_w.detach().double().cpu()

@@ -16,9 +16,10 @@ Bonferroni correction (the smallest p-value times the number of coordinates, cap
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple
 
 import numpy as np
+import pyro
 import pyro.poutine as poutine
 import torch
 
@@ -113,8 +114,6 @@ def simulation_based_calibration(model: Callable, guide: Callable, x_template: t
             raise ValueError(f"the model has no sample site {name!r}")
     z_true = trace.nodes[latent]["value"]  # (N, *event)
     x_sim = trace.nodes[OBS]["value"].to(x_template.dtype)  # (N, ...)
-    import pyro
-
     with poutine.block(), pyro.plate("_sbc_draws", num_draws, dim=-(max_plate_nesting + 1)):
         gt = poutine.trace(guide).get_trace(x_sim)
     site = gt.nodes[latent]

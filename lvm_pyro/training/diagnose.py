@@ -123,8 +123,9 @@ def diagnose_run(run_dir: str | Path, *, out: Optional[str | Path] = None, num_t
         s["nll_mean"] = -s["log_marginal_mean"]
         plots.plot_khat_histogram(d.khat, d.num_samples, path=out / "diag_khat.png")
         result["figures"]["khat"] = "diag_khat.png"
+        med = "-inf (exact)" if s["khat_median"] is None else f"{s['khat_median']:.3f}"
         say(f"[importance] {len(x)} test points, S={num_samples}: k-hat median "
-            f"{s['khat_median']}, above 0.5: {s['above_0.5']}, above 0.7: {s['above_0.7']}, "
+            f"{med}, above 0.5: {s['above_0.5']}, above 0.7: {s['above_0.7']}, "
             f"above threshold {s['threshold']:.2f}: {s['above_threshold']}; mean ESS "
             f"{s['ess_mean']:.1f}; mean log p(x) {s['log_marginal_mean']:.2f} nats")
         return s

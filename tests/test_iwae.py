@@ -575,3 +575,58 @@ def test_cli_fit_iwae_records_objective_in_metrics(tmp_path):
     assert {k: m["config"][k] for k in ("elbo", "num_particles", "gradient")} == \
         {"elbo": "iwae", "num_particles": 3, "gradient": "dreg"}
     assert math.isfinite(m["test_nll"]) and math.isfinite(m["train_curve"][0]["loss"])
+
+
+def _hierarchical_programs():
+    """z1 ~ N(0, I_2), z2 | z1 ~ N(z1, I_2), x | z2 ~ N(W z2 + b, 0.7^2 I_3);
+    q(z1 | x) = N(A x + c, e^r), q(z2 | z1) = N(a z1 + e, e^u): the guide's second site
+    depends on the reparameterised first one."""
+    g = torch.Generator().manual_seed(1)
+    init = {"W": torch.randn(3, 2, generator=g, dtype=D64), "b": torch.randn(3, generator=g, dtype=D64),
+            "A": 0.3 * torch.randn(2, 3, generator=g, dtype=D64), "c": torch.zeros(2, dtype=D64),
+            "r": torch.full((2,), -0.3, dtype=D64), "a": torch.full((2,), 0.8, dtype=D64),
+            "e": torch.full((2,), 0.1, dtype=D64), "u": torch.full((2,), -0.5, dtype=D64)}
+
+    def model(x, *, num_data=None, idx=None):
+        W, b = pyro.param("W", init["W"]), pyro.param("b", init["b"])
+        with data_plate(x, num_data, idx):
+            z1 = pyro.sample("z1", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            z2 = pyro.sample("z2", dist.Normal(z1, 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z2 @ W.T + b, 0.7).to_event(1), obs=x)
+
+    def guide(x, *, num_data=None, idx=None):
+        p = {n: pyro.param(n, init[n]) for n in "Acraeu"}
+        with data_plate(x, num_data, idx):
+            z1 = pyro.sample("z1", dist.Normal(x @ p["A"].T + p["c"], p["r"].exp()).to_event(1))
+            pyro.sample("z2", dist.Normal(p["a"] * z1 + p["e"], p["u"].exp()).to_event(1))
+
+    x = torch.randn(3, 3, generator=g, dtype=D64)
+    return model, guide, x, list(init)
+
+
+@pytest.mark.parametrize("gradient,K", [("stl", 1), ("dreg", 1), ("dreg", 4)])
+def test_hierarchical_guide_rescoring_keeps_the_path_through_upstream_latents(gradient, K):
+    """With a guide q(z1 | x) q(z2 | z1), STL (K = 1) and DReG (K = 1, 4) mean gradients
+    agree with the standard estimator's within 4 combined s.e. (40 x 1000 draws each).
+    Re-scoring with every tensor of q(z2 | z1) detached (dropping d/dz1 of its mean)
+    biases DReG at K > 1."""
+    model, guide, x, names = _hierarchical_programs()
+    IWAE_ELBO(1).loss(model, guide, x)
+    ps = pyro.get_param_store()
+    p = {n: ps.get_param(n).unconstrained() for n in names}
+
+    def draws(elbo, reps=1000, calls=40):
+        xr = x.repeat(reps, 1)
+        out = {n: [] for n in names}
+        for _ in range(calls):
+            for t in p.values():
+                t.grad = None
+            elbo.loss_and_grads(model, guide, xr)
+            for n in names:
+                out[n].append(p[n].grad.clone() / reps)
+        return ({n: torch.stack(v).mean(0) for n, v in out.items()},
+                {n: torch.stack(v).std(0) / math.sqrt(calls) for n, v in out.items()})
+
+    m_std, se_std = draws(IWAE_ELBO(K))
+    m, se = draws(IWAE_ELBO(K, gradient=gradient))
+    assert_close_mc(m, se, m_std, names, target_se=se_std)

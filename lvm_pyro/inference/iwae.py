@@ -21,7 +21,9 @@ w~_ik = w_ik / sum_k' w_ik' (a softmax over particles):
   (Burda et al. 2015, eq. 14; Mnih & Rezende 2016, eq. 3 without baselines).
 * ``"dreg"``: doubly reparameterised gradients (Tucker et al. 2018, eq. 5). Guide
   parameters phi get sum_k w~_k^2 d log w_k / d z_k * d z_k / d phi, with log q re-scored
-  at the sampled z under *detached* guide parameters; model parameters theta keep the
+  at the sampled z under *detached* guide parameters (the guide is re-run under replay
+  with its parameters detached, so a hierarchical guide's dependence of q(z2 | z1) on
+  the reparameterised z1 is kept; one extra guide pass); model parameters theta keep the
   standard gradient sum_k w~_k grad_theta log p(x, z_k). Implemented with two backward
   passes restricted to the two parameter groups (``torch.autograd.backward(...,
   inputs=...)``), as in the paper's reference code.
@@ -48,15 +50,17 @@ import math
 import warnings
 from typing import Callable, NamedTuple, Optional
 
+import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.distributions.util import detach as detach_distribution
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_map
 
-from ..sites import program_kwargs
+from ..sites import PARTICLE_PLATE, program_kwargs
 from .log_weights import (guess_max_plate_nesting, is_auxiliary_site, run_vectorized,
                           site_log_prob_per_datapoint, weights_from_traces)
 
@@ -122,6 +126,44 @@ def _params(trace: Trace) -> list[torch.Tensor]:
             v = site["value"]
             out.append(v.unconstrained() if hasattr(v, "unconstrained") else v)
     return out
+
+
+class _DetachedParameters(TorchFunctionMode):
+    """Inside this mode every torch operation sees the given tensors detached: a
+    program's parameters (nn.Module weights, ``pyro.param`` / ``PyroModule`` values and
+    their unconstrained leaves) enter its computations without a gradient path, whatever
+    way the program reaches them, while other inputs (replayed latents) keep theirs."""
+
+    def __init__(self, tensors):
+        super().__init__()
+        self._ids = {id(t) for t in tensors}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", None) == "__get__":
+            # a property of one tensor: metadata (requires_grad, shape...) stays as it is,
+            # a tensor-valued one (p.T) is detached
+            out = func(*args, **(kwargs or {}))
+            if (isinstance(out, torch.Tensor) and args and isinstance(args[0], torch.Tensor)
+                    and id(args[0]) in self._ids):
+                out = out.detach()
+            return out
+
+        def swap(a):
+            return a.detach() if isinstance(a, torch.Tensor) and id(a) in self._ids else a
+
+        return func(*tree_map(swap, args), **tree_map(swap, kwargs or {}))
+
+
+def _rescore_detached(guide: Callable, x: torch.Tensor, guide_trace: Trace, K: int,
+                      nesting: int, num_data, idx) -> Trace:
+    """Re-run the guide under the particle plate, replaying the sampled latents (which
+    keep their reparameterised dependence on the parameters) with every guide parameter
+    detached. Each site's ``fn`` is then q(. | x, upstream latents) with stop-gradient
+    parameters (Tucker et al. 2018, sec. 3), hierarchical guides included."""
+    with _DetachedParameters(_params(guide_trace)), poutine.block(), \
+            pyro.plate(PARTICLE_PLATE, K, dim=-(nesting + 1)):
+        return poutine.trace(poutine.replay(guide, trace=guide_trace)).get_trace(
+            x, **program_kwargs(guide, num_data, idx))
 
 
 def _auxiliary(traces: tuple[Trace, ...], num_particles: int, like: torch.Tensor) -> torch.Tensor:
@@ -219,7 +261,7 @@ class IWAE_ELBO(ELBO):
         model_trace, guide_trace = run_vectorized(model, guide, x, K, nesting, num_data, idx)
         lw = weights_from_traces(model_trace, guide_trace, batch, K, nesting)
         log_w = lw.log_w  # (K, batch)
-        log_w_det, log_q_score = None, None
+        log_w_det, log_q_score, rescored = None, None, None
         for name, site in _latent_guide_sites(guide_trace):
             reparam = getattr(site["fn"], "has_rsample", False)
             if self.gradient != "standard":
@@ -229,8 +271,10 @@ class IWAE_ELBO(ELBO):
                         f"reparameterisable; gradient='{self.gradient}' needs every guide "
                         "latent to have rsample. Use gradient='standard' (score-function "
                         "terms) or a reparameterisable / relaxed distribution")
+                if rescored is None:
+                    rescored = _rescore_detached(guide, x, guide_trace, K, nesting, num_data, idx)
+                fn = rescored.nodes[name]["fn"]
                 lq = site_log_prob_per_datapoint(site, K, batch, nesting)
-                fn = detach_distribution(site["fn"])
                 lq_det = site_log_prob_per_datapoint(
                     site, K, batch, nesting,
                     log_prob=fn.log_prob(site["value"], *site["args"], **site["kwargs"]))

@@ -21,7 +21,6 @@ prior (:class:`~lvm_pyro.models.pixelcnn_prior.CodesPrior`).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path

@@ -92,7 +92,8 @@ def plot_kl_per_dimension(kl, *, active=None, path: Optional[str | Path] = None,
 
 
 def plot_guide_vs_reference(reference, comparison, *, x=None, dims: Optional[Sequence[int]] = None,
-                            max_dims: int = 4, path: Optional[str | Path] = None):
+                            max_dims: int = 4, labels: Optional[Sequence[str]] = None,
+                            path: Optional[str | Path] = None):
     """Marginals of the guide's draws against the NUTS reference, one row per datapoint.
 
     Args:
@@ -101,6 +102,8 @@ def plot_guide_vs_reference(reference, comparison, *, x=None, dims: Optional[Seq
         x: optional (batch, C, H, W) images, drawn in the first column.
         dims: latent coordinates to show (default: per datapoint, the ``max_dims`` with
             the smallest reference sd, i.e. the ones the datapoint informs most).
+        labels: optional text per datapoint (e.g. its index and k-hat), shown above the
+            image (or the first panel).
     """
     ref = reference.samples.double()  # (C, D, batch, k)
     num_chains, num_draws, batch = ref.shape[:3]
@@ -119,7 +122,8 @@ def plot_guide_vs_reference(reference, comparison, *, x=None, dims: Optional[Seq
             img = x[i].detach().cpu().permute(1, 2, 0).squeeze(-1).numpy()
             axes[i, 0].imshow(img, cmap="gray" if img.ndim == 2 else None)
             axes[i, 0].set_axis_off()
-            axes[i, 0].set_title(f"ED {float(comparison.energy_distance[i]):.3f} "
+            head = f"{labels[i]}\n" if labels is not None else ""
+            axes[i, 0].set_title(head + f"ED {float(comparison.energy_distance[i]):.3f} "
                                  f"(NUTS {float(comparison.energy_distance_chains[i]):.3f})",
                                  fontsize=7)
             col = 1
@@ -136,7 +140,8 @@ def plot_guide_vs_reference(reference, comparison, *, x=None, dims: Optional[Seq
                     label="guide")
             ax.set_yticks([])
             ax.tick_params(labelsize=6)
-            ax.set_title(f"z[{d}]  R-hat {float(reference.rhat[i, d]):.3f}", fontsize=7)
+            head = f"{labels[i]}: " if labels is not None and not show_image and j == 0 else ""
+            ax.set_title(f"{head}z[{d}]  R-hat {float(reference.rhat[i, d]):.3f}", fontsize=7)
             if i == 0 and j == 0:
                 ax.legend(fontsize=6)
     fig.suptitle("guide q(z|x) (red) vs NUTS p(z|x) (grey); ED = energy distance", fontsize=9)

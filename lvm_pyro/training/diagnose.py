@@ -160,7 +160,9 @@ def diagnose_run(run_dir: str | Path, *, out: Optional[str | Path] = None, num_t
                                warmup_steps=nuts_warmup, num_chains=nuts_chains, latent=latent,
                                seed=seed, datapoint_index=idx)
         cmp = D.compare_to_reference(ref, model, guide, xs, latent=latent)
-        plots.plot_guide_vs_reference(ref, cmp, x=xs, path=out / "diag_nuts.png")
+        labels = [f"test {i}" + ("" if khat is None else f", k-hat {float(khat[i]):.2f}")
+                  for i in idx]
+        plots.plot_guide_vs_reference(ref, cmp, x=xs, labels=labels, path=out / "diag_nuts.png")
         result["figures"]["nuts"] = "diag_nuts.png"
         per = []
         for j, i in enumerate(idx):

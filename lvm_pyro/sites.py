@@ -70,9 +70,14 @@ def data_plate(x: torch.Tensor, num_data: Optional[int] = None,
 
 
 def auxiliary_factor(name: str, value: torch.Tensor) -> None:
-    """Add an auxiliary loss term ``value`` (log-density units, higher is better) that
-    training objectives include and likelihood estimates leave out (e.g. the VQ-VAE
-    codebook / commitment terms, negated)."""
+    """Add an auxiliary term ``value`` (nats, shape broadcastable to the enclosing plates)
+    that training objectives include and likelihood estimates leave out.
+
+    Like ``pyro.factor``, it adds ``value`` to the log density of the program it is in:
+    in a model to log p (so a loss L enters as ``-L``), in a guide to log q, which ELBOs
+    subtract (so a loss L enters as ``+L``; the VQ-VAE's codebook and commitment terms
+    sit in its guide, the only place that knows z_e).
+    """
     unit = dist.Unit(value, has_rsample=True)
     pyro.sample(name, unit, obs=unit.sample(), infer={"is_auxiliary": True, AUXILIARY: True})
 

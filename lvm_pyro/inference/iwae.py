@@ -293,37 +293,39 @@ class IWAE_ELBO(ELBO):
         numerically stable (logsumexp)."""
         return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
 
-    def _elbo(self, f: IWAEForward) -> torch.Tensor:
-        return f.data_scale * self.bound(f.log_w).sum() + f.auxiliary
+    def _elbo(self, f: IWAEForward) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-datapoint bound (batch,), objective value: (N/B) sum + auxiliary)."""
+        bound = self.bound(f.log_w)
+        return bound, f.data_scale * bound.sum() + f.auxiliary
 
     @torch.no_grad()
     def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
         """The negative bound, ``-(N/B) sum_i L_K-hat(x_i)`` (minus auxiliary factors),
         a float in nats. No gradients."""
-        loss = -float(self._elbo(self.forward(model, guide, *args, **kwargs)))
+        loss = -float(self._elbo(self.forward(model, guide, *args, **kwargs))[1])
         if math.isnan(loss):
             warnings.warn("IWAE_ELBO loss is NaN", RuntimeWarning)
         return loss
 
     # -- surrogates ------------------------------------------------------------------
-    def _surrogates(self, f: IWAEForward) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def _surrogates(self, f: IWAEForward, bound: torch.Tensor, elbo: torch.Tensor
+                    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(surrogate elbo for all parameters, or for the model's under "dreg";
-        surrogate elbo for the guide's parameters under "dreg", else None)."""
+        surrogate elbo for the guide's parameters under "dreg", else None). ``bound`` is
+        ``self.bound(f.log_w)`` (batch,) and ``elbo`` the objective's value tensor."""
         s = f.data_scale
         if self.gradient == "standard":
-            bound = self.bound(f.log_w)  # (batch,)
-            surrogate = s * bound.sum()
-            if f.log_q_score is not None:  # score-function term for non-reparam sites
-                surrogate = surrogate + s * (bound.detach() * f.log_q_score.sum(0)).sum()
-            return surrogate + f.auxiliary, None
+            if f.log_q_score is None:
+                return elbo, None  # the pathwise estimator is the value's own gradient
+            # score-function term for non-reparameterisable guide sites
+            return elbo + s * (bound.detach() * f.log_q_score.sum(0)).sum(), None
         if self.gradient == "stl":
             return s * self.bound(f.log_w_detached_q).sum() + f.auxiliary, None
         # dreg: model parameters keep the standard gradient; guide parameters get
         # sum_k w~_k^2 grad log w_k with log q re-scored under detached parameters.
-        standard = s * self.bound(f.log_w).sum() + f.auxiliary
         w2 = torch.softmax(f.log_w.detach(), dim=0).square()  # (K, batch)
         dreg = s * (w2 * f.log_w_detached_q).sum() + f.auxiliary
-        return standard, dreg
+        return elbo, dreg
 
     def _groups(self, f: IWAEForward) -> tuple[list, list]:
         """(parameters that get the standard gradient, guide-only parameters that get
@@ -338,8 +340,9 @@ class IWAE_ELBO(ELBO):
         """Accumulate the estimator's gradient of the loss into the parameters'
         ``.grad`` and return the loss (float, nats), as ``Trace_ELBO`` does."""
         f = self.forward(model, guide, *args, **kwargs)
-        loss = -float(self._elbo(f).detach())
-        surrogate, dreg = self._surrogates(f)
+        bound, elbo = self._elbo(f)
+        loss = -float(elbo.detach())
+        surrogate, dreg = self._surrogates(f, bound, elbo)
         if dreg is None:
             if surrogate.requires_grad:
                 (-surrogate).backward()
@@ -360,8 +363,9 @@ class IWAE_ELBO(ELBO):
         here (``torch.autograd.grad``) and attached linearly, so only first derivatives
         are available."""
         f = self.forward(model, guide, *args, **kwargs)
-        loss = -self._elbo(f).detach()
-        surrogate, dreg = self._surrogates(f)
+        bound, elbo = self._elbo(f)
+        loss = -elbo.detach()
+        surrogate, dreg = self._surrogates(f, bound, elbo)
         if dreg is None:
             return loss + (-surrogate - (-surrogate).detach())
         model_params, guide_params = self._groups(f)

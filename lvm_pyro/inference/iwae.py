@@ -53,15 +53,14 @@ from typing import Callable, NamedTuple, Optional
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.distributions.util import scale_and_mask
-from pyro.infer import ELBO
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
 from ..sites import PARTICLE_PLATE, program_kwargs
-from .log_weights import (guess_max_plate_nesting, is_auxiliary_site, run_vectorized,
+from .particle_elbo import ParticleELBO, auxiliary_log_factor
+from .log_weights import (is_auxiliary_site, run_vectorized,
                           site_log_prob_per_datapoint, weights_from_traces)
 
 __all__ = ["IWAE_ELBO", "BiasedGradientWarning", "GRADIENT_ESTIMATORS", "IWAEForward"]
@@ -97,18 +96,6 @@ class IWAEForward(NamedTuple):
     data_scale: float
     model_trace: Trace
     guide_trace: Trace
-
-
-def _bind(fn: Callable, rest: tuple, extra: dict) -> Callable:
-    """``fn`` as a program of the site convention ``f(x, *, num_data, idx)`` with extra
-    positional / keyword arguments bound."""
-    if not rest and not extra:
-        return fn
-
-    def bound(x, *, num_data=None, idx=None):
-        return fn(x, *rest, **extra, **program_kwargs(fn, num_data, idx))
-
-    return bound
 
 
 def _latent_guide_sites(trace: Trace):
@@ -166,17 +153,7 @@ def _rescore_detached(guide: Callable, x: torch.Tensor, guide_trace: Trace, K: i
             x, **program_kwargs(guide, num_data, idx))
 
 
-def _auxiliary(traces: tuple[Trace, ...], num_particles: int, like: torch.Tensor) -> torch.Tensor:
-    total = like.new_zeros(())
-    for trace in traces:
-        for site in trace.nodes.values():
-            if site["type"] == "sample" and is_auxiliary_site(site):
-                lp = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
-                total = total + torch.as_tensor(scale_and_mask(lp, site["scale"], site["mask"])).sum()
-    return total / num_particles
-
-
-class IWAE_ELBO(ELBO):
+class IWAE_ELBO(ParticleELBO):
     """The K-sample importance-weighted bound, summed over datapoints, as a Pyro ``ELBO``.
 
     Swap it for ``Trace_ELBO()`` in ``pyro.infer.SVI`` or :class:`lvm_pyro.training.Trainer`::
@@ -218,15 +195,9 @@ class IWAE_ELBO(ELBO):
 
     def __init__(self, num_particles: int = 1, gradient: str = "standard", *,
                  max_plate_nesting: Optional[int] = None):
-        if isinstance(num_particles, bool) or int(num_particles) != num_particles or num_particles < 1:
-            raise ValueError(f"num_particles must be an integer >= 1, got {num_particles!r}")
         if gradient not in GRADIENT_ESTIMATORS:
             raise ValueError(f"gradient must be one of {GRADIENT_ESTIMATORS}, got {gradient!r}")
-        if max_plate_nesting is not None and max_plate_nesting < 1:
-            raise ValueError(f"max_plate_nesting must be >= 1 (the data plate), got {max_plate_nesting}")
-        super().__init__(num_particles=int(num_particles),
-                         max_plate_nesting=float("inf") if max_plate_nesting is None
-                         else int(max_plate_nesting))
+        super().__init__(num_particles, max_plate_nesting=max_plate_nesting)
         self.gradient = gradient
         if gradient == "stl" and num_particles > 1:
             warnings.warn(
@@ -238,25 +209,12 @@ class IWAE_ELBO(ELBO):
         return f"IWAE_ELBO(num_particles={self.num_particles}, gradient={self.gradient!r})"
 
     # -- one vectorised pass ---------------------------------------------------------
-    def _get_trace(self, model, guide, args, kwargs):
-        """(model_trace, guide_trace) of one vectorised pass (Pyro's ``ELBO`` hook)."""
-        f = self.forward(model, guide, *args, **kwargs)
-        return f.model_trace, f.guide_trace
-
     def forward(self, model: Callable, guide: Callable, *args, **kwargs) -> IWAEForward:
         """Run guide and model once, vectorised over K particles, and gather everything
         the value and the surrogates need. ``args[0]`` is x (batch, ...); ``num_data``
         and ``idx`` keywords go to the data plate. See :class:`IWAEForward`."""
-        if not args:
-            raise ValueError("IWAE_ELBO needs the observations as the first positional "
-                             "argument: loss(model, guide, x, num_data=..., idx=...)")
-        x, rest = args[0], tuple(args[1:])
-        extra = dict(kwargs)
-        num_data, idx = extra.pop("num_data", None), extra.pop("idx", None)
-        model, guide = _bind(model, rest, extra), _bind(guide, rest, extra)
-        if self.max_plate_nesting == float("inf"):
-            self.max_plate_nesting = guess_max_plate_nesting(model, guide, x, num_data, idx)
-        nesting, K = int(self.max_plate_nesting), self.num_particles
+        x, num_data, idx, model, guide, nesting = self._prepare(model, guide, args, kwargs)
+        K = self.num_particles
         batch = x.shape[0]
         model_trace, guide_trace = run_vectorized(model, guide, x, K, nesting, num_data, idx)
         lw = weights_from_traces(model_trace, guide_trace, batch, K, nesting)
@@ -282,7 +240,7 @@ class IWAE_ELBO(ELBO):
             elif not reparam:
                 lq = site_log_prob_per_datapoint(site, K, batch, nesting)
                 log_q_score = lq if log_q_score is None else log_q_score + lq
-        aux = _auxiliary((model_trace, guide_trace), K, log_w)
+        aux = auxiliary_log_factor((model_trace, guide_trace), K, log_w)
         return IWAEForward(log_w, log_w_det, log_q_score, aux, lw.data_scale,
                            model_trace, guide_trace)
 

@@ -43,7 +43,7 @@ from pyro.poutine.subsample_messenger import _Subsample
 from torch.distributions import kl_divergence
 
 from ..sites import DATA_PLATE, program_kwargs
-from .log_weights import (guess_max_plate_nesting, is_auxiliary_site, run_vectorized,
+from .log_weights import (guess_max_plate_nesting, is_auxiliary_site, plate_scale, run_vectorized,
                           site_log_prob_per_datapoint)
 
 __all__ = ["kl_warmup_factor", "beta_schedule", "LatentScaleMessenger", "scale_latents",
@@ -250,14 +250,6 @@ def per_dimension_kl(guide_fn, model_fn, value: torch.Tensor, name: str = "z"
     return kl.expand(shape), analytic
 
 
-def _plate_scale(site: dict) -> float:
-    scale = 1.0
-    for frame in site["cond_indep_stack"]:
-        if frame.full_size is not None and frame.size:
-            scale *= frame.full_size / frame.size
-    return scale
-
-
 class FreeBits_ELBO(ELBO):
     """Free bits (Kingma et al. 2016, appendix C.8): the ELBO with each latent
     dimension's minibatch-averaged KL clamped from below by ``free_bits`` (lambda, nats).
@@ -335,7 +327,7 @@ class FreeBits_ELBO(ELBO):
                 continue
             if site["is_observed"]:
                 lp = site_log_prob_per_datapoint(site, K, batch, nesting, strict_scale=False)
-                scale = _plate_scale(site) * _extra_scale(site)
+                scale = plate_scale(site) * _extra_scale(site)
                 loss = loss - scale * lp.sum() / K
                 continue
             if name not in guide_trace.nodes:
@@ -355,7 +347,7 @@ class FreeBits_ELBO(ELBO):
             kl_bar = kl.mean(dim=tuple(range(n_batch)))  # (*event_shape): E over particles, batch
             count = math.prod(g["fn"].batch_shape) / K  # datapoints (x other plate elements)
             clamped = kl_bar.clamp_min(self.free_bits).sum()
-            loss = loss + _plate_scale(g) * _extra_scale(g) * count * clamped
+            loss = loss + plate_scale(g) * _extra_scale(g) * count * clamped
         return torch.as_tensor(loss)
 
     def loss(self, model, guide, *args, **kwargs) -> float:
@@ -379,7 +371,7 @@ class FreeBits_ELBO(ELBO):
 
 def _extra_scale(site: dict) -> float:
     """The site's scale beyond its plates' subsampling factor (e.g. a beta), a float."""
-    extra = torch.as_tensor(site["scale"] / _plate_scale(site))
+    extra = torch.as_tensor(site["scale"] / plate_scale(site))
     if extra.numel() != 1:
         raise ValueError(f"site '{site['name']}' has a non-scalar scale; free bits needs one "
                          "weight per site")

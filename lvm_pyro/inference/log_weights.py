@@ -25,7 +25,7 @@ from pyro.poutine.util import site_is_subsample
 from ..sites import AUXILIARY, DATA_PLATE, PARTICLE_PLATE, program_kwargs
 
 __all__ = ["LogWeights", "log_weights", "guess_max_plate_nesting", "run_vectorized",
-           "site_log_prob_per_datapoint", "is_auxiliary_site"]
+           "site_log_prob_per_datapoint", "is_auxiliary_site", "plate_scale"]
 
 
 class LogWeights(NamedTuple):
@@ -88,7 +88,9 @@ def run_vectorized(model: Callable, guide: Callable, x: torch.Tensor, num_partic
     return model_trace, guide_trace
 
 
-def _plate_scale(site: dict) -> float:
+def plate_scale(site: dict) -> float:
+    """The subsampling factor prod(full_size / size) of a site's plates (N / B for the
+    data plate); any scale beyond it comes from ``poutine.scale``."""
     scale = 1.0
     for frame in site["cond_indep_stack"]:
         if frame.full_size is not None and frame.size:
@@ -124,7 +126,7 @@ def site_log_prob_per_datapoint(site: dict, num_particles: int, batch: int,
         raise ValueError(f"site '{name}' is marked for enumeration; importance weights need "
                          "sampled sites (use TraceEnum_ELBO for exact marginalisation)")
     if strict_scale:
-        extra = torch.as_tensor(site["scale"] / _plate_scale(site), dtype=torch.float64)
+        extra = torch.as_tensor(site["scale"] / plate_scale(site), dtype=torch.float64)
         if not bool(((extra - 1.0).abs() <= 1e-6).all()):
             raise ValueError(
                 f"site '{name}' carries a scale of {float(extra.mean()):.4g} "

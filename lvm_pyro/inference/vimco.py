@@ -33,13 +33,11 @@ import warnings
 from typing import Callable, NamedTuple, Optional
 
 import torch
-from pyro.distributions.util import scale_and_mask
-from pyro.infer import ELBO
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 
-from ..sites import program_kwargs
-from .log_weights import (guess_max_plate_nesting, is_auxiliary_site, run_vectorized,
+from .particle_elbo import ParticleELBO, auxiliary_log_factor
+from .log_weights import (is_auxiliary_site, run_vectorized,
                           site_log_prob_per_datapoint, weights_from_traces)
 
 __all__ = ["VIMCO", "VIMCOForward", "leave_one_out_baselines", "vimco_surrogate"]
@@ -111,17 +109,7 @@ class VIMCOForward(NamedTuple):
     guide_trace: Trace
 
 
-def _bind(fn: Callable, rest: tuple, extra: dict) -> Callable:
-    if not rest and not extra:
-        return fn
-
-    def bound(x, *, num_data=None, idx=None):
-        return fn(x, *rest, **extra, **program_kwargs(fn, num_data, idx))
-
-    return bound
-
-
-class VIMCO(ELBO):
+class VIMCO(ParticleELBO):
     """VIMCO (Mnih & Rezende 2016) as a Pyro ``ELBO``: value = the K-sample IWAE bound,
     gradient = the leave-one-out score-function estimator (module docstring), unbiased
     for grad L_K. Made for discrete latents (e.g. :class:`~lvm_pyro.models.
@@ -144,36 +132,17 @@ class VIMCO(ELBO):
     """
 
     def __init__(self, num_particles: int = 2, *, max_plate_nesting: Optional[int] = None):
-        if isinstance(num_particles, bool) or int(num_particles) != num_particles or num_particles < 2:
-            raise ValueError(f"VIMCO needs num_particles >= 2 (leave-one-out baselines), "
-                             f"got {num_particles!r}")
-        if max_plate_nesting is not None and max_plate_nesting < 1:
-            raise ValueError(f"max_plate_nesting must be >= 1 (the data plate), got {max_plate_nesting}")
-        super().__init__(num_particles=int(num_particles),
-                         max_plate_nesting=float("inf") if max_plate_nesting is None
-                         else int(max_plate_nesting))
+        super().__init__(num_particles, max_plate_nesting=max_plate_nesting, min_particles=2,
+                         why=" for its leave-one-out baselines")
 
     def __repr__(self) -> str:
         return f"VIMCO(num_particles={self.num_particles})"
 
-    def _get_trace(self, model, guide, args, kwargs):
-        """(model_trace, guide_trace) of one vectorised pass (Pyro's ``ELBO`` hook)."""
-        f = self.forward(model, guide, *args, **kwargs)
-        return f.model_trace, f.guide_trace
-
     def forward(self, model: Callable, guide: Callable, *args, **kwargs) -> VIMCOForward:
         """One vectorised pass of guide and model over K particles: see
         :class:`VIMCOForward`. ``args[0]`` is x (batch, ...)."""
-        if not args:
-            raise ValueError("VIMCO needs the observations as the first positional argument: "
-                             "loss(model, guide, x, num_data=..., idx=...)")
-        x, rest = args[0], tuple(args[1:])
-        extra = dict(kwargs)
-        num_data, idx = extra.pop("num_data", None), extra.pop("idx", None)
-        model, guide = _bind(model, rest, extra), _bind(guide, rest, extra)
-        if self.max_plate_nesting == float("inf"):
-            self.max_plate_nesting = guess_max_plate_nesting(model, guide, x, num_data, idx)
-        nesting, K, batch = int(self.max_plate_nesting), self.num_particles, x.shape[0]
+        x, num_data, idx, model, guide, nesting = self._prepare(model, guide, args, kwargs)
+        K, batch = self.num_particles, x.shape[0]
         model_trace, guide_trace = run_vectorized(model, guide, x, K, nesting, num_data, idx)
         lw = weights_from_traces(model_trace, guide_trace, batch, K, nesting)
         log_q_score = None
@@ -183,13 +152,8 @@ class VIMCO(ELBO):
                 continue
             lq = site_log_prob_per_datapoint(site, K, batch, nesting)  # (K, batch)
             log_q_score = lq if log_q_score is None else log_q_score + lq
-        aux = lw.log_w.new_zeros(())
-        for trace in (model_trace, guide_trace):
-            for site in trace.nodes.values():
-                if site["type"] == "sample" and is_auxiliary_site(site):
-                    lp = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
-                    aux = aux + torch.as_tensor(scale_and_mask(lp, site["scale"], site["mask"])).sum()
-        return VIMCOForward(lw.log_w, log_q_score, aux / K, lw.data_scale, model_trace, guide_trace)
+        aux = auxiliary_log_factor((model_trace, guide_trace), K, lw.log_w)
+        return VIMCOForward(lw.log_w, log_q_score, aux, lw.data_scale, model_trace, guide_trace)
 
     @staticmethod
     def bound(log_w: torch.Tensor) -> torch.Tensor:

@@ -255,9 +255,14 @@ def build_elbo(config: dict) -> ELBO:
     """The objective for ``config["elbo"]``.
 
     Raises:
-        ValueError: unknown objective name (lists the registered ones).
+        ValueError: unknown objective name (lists the registered ones); a ``gradient``
+            other than ``"standard"`` with an objective other than ``"iwae"`` (it would
+            be silently ignored).
     """
     name = config.get("elbo", "trace")
     if name not in ELBO_BUILDERS:
         raise ValueError(f"unknown elbo {name!r}; registered: {sorted(ELBO_BUILDERS)}")
+    if config.get("gradient", "standard") != "standard" and name != "iwae":
+        raise ValueError(f"--gradient {config['gradient']} applies to --elbo iwae only "
+                         f"(got --elbo {name}); drop it or use --elbo iwae")
     return apply_kl_weighting(ELBO_BUILDERS[name](config), config)

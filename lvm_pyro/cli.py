@@ -1,4 +1,4 @@
-"""Command line: ``lvm-pyro fit | evaluate | sample``.
+"""Command line of lvm_pyro: fit, evaluate, sample, fit-prior, diagnose.
 
 ``lvm-pyro fit`` with no ``--data`` trains the default VAE on scikit-learn's bundled
 digits (about two minutes on 2 CPU cores) and prints the test NLL and where the
@@ -8,7 +8,6 @@ pictures are.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -41,7 +40,10 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=D["lr"])
     p.add_argument("--epochs", type=int, default=None, help="default 60 on digits, 10 otherwise")
     p.add_argument("--seed", type=int, default=D["seed"])
-    p.add_argument("--binarization", default=D["binarization"], choices=["dynamic", "static", "none"])
+    p.add_argument("--binarization", default=D["binarization"], choices=["dynamic", "static", "none", "dequantize"],
+                   help="training-data transform per epoch: Bernoulli draws (dynamic/static, for "
+                        "binary likelihoods), none, or uniform dequantisation (continuous "
+                        "likelihoods, so that the NLL is a bound on the discrete one)")
     g = p.add_argument_group("VQ-VAE (--model vqvae; use --likelihood discretized_logistic "
                              "--binarization none --num-samples 1 on 8-bit data)")
     g.add_argument("--codebook-size", type=int, default=D["codebook_size"], help="K codes")
@@ -97,29 +99,33 @@ def _config_from_args(a: argparse.Namespace) -> dict:
     return cfg
 
 
+def _nll_line(m: dict) -> str:
+    bits = ("no bits/dim: " + m["nll_note"]) if m.get("test_bits_per_dim") is None \
+        else f"{m['test_bits_per_dim']:.4f} bits/dim"
+    return (f"test NLL {m['test_nll']:.3f} +- {m['test_nll_se']:.3f} nats/example ({bits}; "
+            f"{m['num_importance_samples']} importance samples, {m['num_test_points']} test "
+            f"points); test ELBO {m['test_elbo']:.3f} nats")
+
+
 def _run_fit(a: argparse.Namespace) -> int:
     from .training.run import train_run
 
     m = train_run(_config_from_args(a), a.out, resume=a.resume, progress=not a.no_progress,
                   num_samples=a.num_samples, num_test=a.num_test)
     out = Path(a.out)
-    print(f"test NLL {m['test_nll']:.3f} +- {m['test_nll_se']:.3f} nats/example "
-          f"({m['test_bits_per_dim']:.4f} bits/dim; {m['num_importance_samples']} importance "
-          f"samples, {m['num_test_points']} test points); test ELBO {m['test_elbo']:.3f} nats")
+    print(_nll_line(m))
     print(f"pictures: {out / 'samples.png'}, {out / 'reconstructions.png'}, {out / 'loss_curve.png'}")
     print(f"metrics: {out / 'metrics.json'}")
     return 0
 
 
 def _run_evaluate(a: argparse.Namespace) -> int:
-    from .training.run import METRICS_FILE, _write_json, evaluate_run
+    from .training.run import _write_json, evaluate_run
 
     m = evaluate_run(a.run_dir, num_samples=a.num_samples, num_test=a.num_test, progress=True)
     path = Path(a.run_dir) / "evaluation.json"
     _write_json(path, m)
-    print(f"test NLL {m['test_nll']:.3f} +- {m['test_nll_se']:.3f} nats/example "
-          f"({m['test_bits_per_dim']:.4f} bits/dim; K={m['num_importance_samples']}, "
-          f"{m['num_test_points']} test points); written to {path}")
+    print(f"{_nll_line(m)}; written to {path}")
     return 0
 
 
@@ -140,22 +146,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit(p)
     _add_threads(p)
     p.set_defaults(run=_run_fit)
-    p = sub.add_parser("evaluate", help="test ELBO and importance-sampled NLL of a run")
-    p.add_argument("run_dir")
-    p.add_argument("--num-samples", type=int, default=5000)
-    p.add_argument("--num-test", type=int, default=None)
+    p = sub.add_parser("evaluate", help="test ELBO and importance-sampled NLL of a run",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run_dir", help="run directory made by `lvm-pyro fit --out`")
+    p.add_argument("--num-samples", type=int, default=5000, help="importance samples K per test point")
+    p.add_argument("--num-test", type=int, default=None, help="first N test points (all if omitted)")
     _add_threads(p)
     p.set_defaults(run=_run_evaluate)
-    p = sub.add_parser("sample", help="write samples.png and reconstructions.png of a run")
-    p.add_argument("run_dir")
-    p.add_argument("--num-samples", type=int, default=64)
+    p = sub.add_parser("sample", help="write samples.png and reconstructions.png of a run",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run_dir", help="run directory made by `lvm-pyro fit --out`")
+    p.add_argument("--num-samples", type=int, default=64, help="images in the sample grid")
     p.set_defaults(run=_run_sample)
     from .training.prior_stage import add_fit_prior_arguments, run_fit_prior_command
     SUBCOMMANDS.setdefault("fit-prior", (add_fit_prior_arguments, run_fit_prior_command))
     from .training import diagnose as _diagnose  # `lvm-pyro diagnose RUN_DIR`
     SUBCOMMANDS.setdefault("diagnose", (_diagnose.add_arguments, _diagnose.run))
+    helps = {"fit-prior": "stage two: fit a Gated PixelCNN prior over a VQ-VAE run's codes",
+             "diagnose": "posterior diagnostics of a run (PSIS k-hat, ESS, NUTS, MI, SBC)"}
     for name, (add_args, run) in SUBCOMMANDS.items():
-        p = sub.add_parser(name)
+        p = sub.add_parser(name, help=helps.get(name))
         add_args(p)
         p.set_defaults(run=run)
     return parser
@@ -176,6 +186,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (DatasetNotFoundError, CheckpointError, ValueError) as e:
         print(f"lvm-pyro: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        out = getattr(args, "out", None)
+        hint = (f"; the last completed epoch is in {out}/checkpoint.pt: rerun the same command "
+                "with --resume to continue exactly") if out else ""
+        print(f"lvm-pyro: interrupted{hint}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -104,3 +104,22 @@ def test_binarization_statistics_and_modes():
         binarize(p * 4)
     with pytest.raises(ValueError, match="binarization"):
         Binarizer("sometimes")
+
+
+def test_dequantize_cells_and_uniform_bound():
+    from lvm_pyro.data import dequantize, dequantize_test
+
+    levels = 17
+    k = torch.arange(levels, dtype=torch.float32).repeat(200)
+    y = dequantize(k / (levels - 1), levels, torch.Generator().manual_seed(0))
+    # each value lands in its own cell [k / L, (k + 1) / L)
+    assert bool(((y >= k / levels) & (y < (k + 1) / levels)).all())
+    # within a cell the offset is U[0, 1): mean 1/2 (sd of the mean 0.29/sqrt(3400) = 0.005)
+    assert abs(float((y * levels - k).mean()) - 0.5) < 0.025
+    assert torch.equal(dequantize_test(k / 16, levels), dequantize_test(k / 16, levels))
+    # closed form: the uniform density on [0, 1) has log p(y) = 0, so the bound
+    # -log p(y) + D log L equals -log P(k) of the uniform distribution over L levels exactly
+    with pytest.raises(ValueError, match="levels"):
+        dequantize(k / 16, 1)
+    b = Binarizer("dequantize", seed=0, levels=levels)
+    assert not torch.equal(b(k / 16), b(k / 16))

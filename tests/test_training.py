@@ -2,6 +2,7 @@
 run directories and the CLI."""
 
 import json
+import math
 
 import pyro
 import pyro.distributions as dist
@@ -169,3 +170,34 @@ def test_cli_fit_evaluate_sample_and_load_run(tmp_path, capsys):
     # bad input: a directory that is not a run
     assert main(["evaluate", str(tmp_path)]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_continuous_likelihood_reports_a_bound_only_when_dequantised(tmp_path):
+    from lvm_pyro.training.run import train_run
+
+    common = {"z_dim": 2, "hidden_dim": 16, "num_hidden": 1, "likelihood": "gaussian", "epochs": 1}
+    m = train_run({**common, "binarization": "dequantize"}, tmp_path / "deq", progress=False,
+                  num_samples=3, num_test=20)
+    assert m["bits_per_dim_offset_nats"] == pytest.approx(64 * math.log(17))
+    assert m["test_nll"] == pytest.approx(m["test_nll_density"] + 64 * math.log(17))
+    assert m["test_bits_per_dim"] == pytest.approx(m["test_nll"] / (64 * math.log(2)))
+    m2 = train_run({**common, "binarization": "dynamic"}, tmp_path / "dyn", progress=False,
+                   num_samples=3, num_test=20)
+    assert m2["test_bits_per_dim"] is None and "NOT a bound" in m2["nll_note"]
+
+
+def test_bad_run_options_fail_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["fit", "--epochs", "1", "--out", str(out), "--num-samples", "0", "--no-progress"]) == 2
+    assert "num-samples" in capsys.readouterr().err and not (out / "config.json").exists()
+    assert main(["fit", "--epochs", "1", "--out", str(out), "--device", "nonsense", "--no-progress"]) == 2
+    assert not (out / "config.json").exists()
+    if not torch.cuda.is_available():
+        assert main(["fit", "--epochs", "1", "--out", str(out), "--device", "cuda", "--no-progress"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
+    # a resumed run may not shrink: the checkpoint holds 2 epochs
+    args = ["fit", "--out", str(out), "--no-progress", "--num-samples", "2", "--num-test", "5",
+            "--z-dim", "2", "--hidden-dim", "8", "--num-hidden", "1"]
+    assert main(args + ["--epochs", "2"]) == 0
+    assert main(args + ["--epochs", "1", "--resume"]) == 2
+    assert "already holds 2 epochs" in capsys.readouterr().err

@@ -8,15 +8,16 @@ import shutil
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-import numpy as np
 import torch
 
 __all__ = ["ImageDataset", "load_dataset", "DatasetNotFoundError", "DATASETS",
-           "DEBIAN_FASHION_MNIST_DIR", "default_root"]
+           "DEBIAN_FASHION_MNIST_DIR", "default_root", "DATASET_LEVELS"]
 
 #: where Debian's ``dataset-fashion-mnist`` package puts the IDX ``.gz`` files
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 DATASETS = ("digits", "fashion-mnist", "mnist")
+#: discrete intensity levels of each data set's raw pixels
+DATASET_LEVELS = {"digits": 17, "fashion-mnist": 256, "mnist": 256}
 DIGITS_NUM_TEST = 297  # fixed split: 1500 train / 297 test
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

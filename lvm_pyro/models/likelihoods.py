@@ -61,8 +61,9 @@ class BernoulliLikelihood(Likelihood):
             raise ValueError(
                 f"site '{site}': Bernoulli likelihood needs binary data in {{0, 1}}, found "
                 f"value {v:g} ({int(bad.sum())} of {x.numel()} entries). Binarise the data "
-                "(lvm_pyro.data.binarize / --binarization dynamic|static) or use "
-                "--likelihood gaussian for real-valued data")
+                "(lvm_pyro.data.binarize; CLI --binarization dynamic|static, Trainer "
+                "binarization=...) or use a likelihood for real-valued data (CLI "
+                "--likelihood gaussian --binarization dequantize)")
 
     def mean(self, params, event_ndim):
         return torch.sigmoid(params[..., 0, *([slice(None)] * event_ndim)])

@@ -20,7 +20,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO
 
-from ..data.binarize import Binarizer, binarize
+from ..data.binarize import Binarizer
 from ..sites import program_kwargs
 from .checkpoint import (CheckpointError, get_rng_state, load_checkpoint, restore_params,
                          save_checkpoint, set_rng_state)
@@ -64,8 +64,9 @@ class Trainer:
         batch_size: minibatch size B (>= 1); the data plate scales by N / B.
         seed: seeds parameters' sampling, shuffling (``seed``) and binarisation
             (``seed + 1``).
-        binarization: ``"dynamic"`` | ``"static"`` | ``"none"`` (see
-            :class:`lvm_pyro.data.Binarizer`), applied to the training data each epoch.
+        binarization: ``"dynamic"`` | ``"static"`` | ``"none"`` | ``"dequantize"``, or a
+            :class:`lvm_pyro.data.Binarizer` (needed for ``"dequantize"`` with a number of
+            levels other than 256), applied to the training data each epoch.
         checkpoint_path: file written atomically at the end of every epoch (or ``None``).
         config: JSON-able run configuration stored in the checkpoint and compared on
             resume (a mismatch raises :class:`CheckpointError`).
@@ -98,7 +99,8 @@ class Trainer:
         self.model, self.guide, self.elbo = model, guide, elbo
         self._model, self._guide = adapt_program(model), adapt_program(guide)
         self.lr, self.batch_size, self.seed = float(lr), int(batch_size), int(seed)
-        self.binarizer = Binarizer(binarization, seed + 1)
+        self.binarizer = (binarization if isinstance(binarization, Binarizer)
+                          else Binarizer(binarization, seed + 1))
         self.checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
         self.config = dict(config or {})
         self.progress = progress
@@ -127,7 +129,7 @@ class Trainer:
         b = min(self.batch_size, n)
         xb = x[:b]
         if self.binarizer.mode != "none":  # a throwaway draw: the data must be in support
-            xb = binarize(xb, torch.Generator(device=xb.device).manual_seed(0))
+            xb = Binarizer(self.binarizer.mode, 0, self.binarizer.levels)(xb)
         with torch.no_grad(), poutine.block(), pyro.validation_enabled(True):
             rng = get_rng_state()
             try:
@@ -218,6 +220,10 @@ class Trainer:
         self._discover(x)
         if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
             self.load_state(load_checkpoint(self.checkpoint_path, map_location=x.device))
+            if self.epoch > epochs:
+                raise CheckpointError(
+                    f"the checkpoint already holds {self.epoch} epochs, more than the {epochs} "
+                    f"asked for; resume with --epochs >= {self.epoch} (or evaluate the run as is)")
         n = x.shape[0]
         steps_per_epoch = math.ceil(n / self.batch_size)
         bar = None

@@ -18,7 +18,8 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
-from ..data import binarize_test, load_dataset
+from ..data import Binarizer, binarize_test, dequantize_test, load_dataset
+from ..data.datasets import DATASET_LEVELS
 from ..inference import elbo_per_datapoint, log_marginal_likelihood, summarize_nll
 from .builders import build_callbacks, build_elbo, build_metrics, build_model
 from .checkpoint import CheckpointError, load_checkpoint, restore_params
@@ -57,12 +58,32 @@ class Run(NamedTuple):
 
 def prepare_data(config: dict, split: str, device: torch.device | str = "cpu") -> torch.Tensor:
     """The tensor a run trains / evaluates on: (N, C, H, W) float on ``device``. The test
-    split is binarised once with seed 0 when the run binarises; otherwise intensities."""
+    split is binarised (or, with ``binarization="dequantize"``, dequantised) once with
+    seed 0; training data stay intensities (the Trainer transforms them per epoch)."""
     ds = load_dataset(config["data"], split, config.get("data_root"))
     x = ds.images
-    if split == "test" and config.get("binarization", "dynamic") != "none":
+    mode = config.get("binarization", "dynamic")
+    if split == "test" and mode == "dequantize":
+        x = dequantize_test(x, ds.levels, seed=0)
+    elif split == "test" and mode != "none":
         x = binarize_test(x, seed=0)
     return x.to(device)
+
+
+def validate_config(config: dict) -> None:
+    """Check a run configuration before anything is written or trained.
+
+    Raises:
+        ValueError: unknown device or CUDA requested without a GPU; bad epochs.
+    """
+    try:
+        device = torch.device(config["device"])
+    except RuntimeError as e:
+        raise ValueError(f"--device {config['device']!r} is not a torch device: use cpu or cuda") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but torch finds no CUDA device here; use --device cpu")
+    if int(config.get("epochs", 1)) < 0:
+        raise ValueError(f"epochs must be >= 0, got {config['epochs']}")
 
 
 def _versions() -> dict:
@@ -106,20 +127,28 @@ def train_run(config: dict, out: str | Path, *, resume: bool = False, progress: 
             diff = {k: (old.get(k), v) for k, v in stable.items() if old.get(k) != v}
             raise CheckpointError(f"--resume with a different configuration (was vs now: {diff}); "
                                   "use the original flags or a new --out directory")
-    _write_json(cfg_path, config)
+    if num_samples < 1:
+        raise ValueError(f"--num-samples must be >= 1, got {num_samples}")
+    if num_test is not None and num_test < 1:
+        raise ValueError(f"--num-test must be >= 1, got {num_test}")
+    validate_config(config)
     device = torch.device(config["device"])
     t0 = time.perf_counter()
     x_train = prepare_data(config, "train", device)
     pyro.clear_param_store()
     pyro.set_rng_seed(config["seed"])
     model, guide = build_model(config, x_train.shape[1:])
+    elbo = build_elbo(config)
+    _write_json(cfg_path, config)  # only once the run is known to be buildable
     if isinstance(model, torch.nn.Module):
         model.to(device)
     if isinstance(guide, torch.nn.Module):
         guide.to(device)
-    trainer = Trainer(model, guide, build_elbo(config), lr=config["lr"],
+    levels = DATASET_LEVELS[config["data"]]
+    trainer = Trainer(model, guide, elbo, lr=config["lr"],
                       batch_size=config["batch_size"], seed=config["seed"],
-                      binarization=config["binarization"], checkpoint_path=out / CHECKPOINT_FILE,
+                      binarization=Binarizer(config["binarization"], config["seed"] + 1, levels),
+                      checkpoint_path=out / CHECKPOINT_FILE,
                       config={k: v for k, v in config.items() if k != "epochs"},
                       progress=progress, callbacks=build_callbacks(config, model, guide))
     if hasattr(trainer.elbo, "step_source"):  # KL warm-up reads the trainer's step (exact on resume)
@@ -181,6 +210,10 @@ def evaluate_run(run_dir: str | Path, *, num_samples: int = 1000, num_test: Opti
     likelihoods; D log 256 for continuous ones on 8-bit data), ``num_test_points``,
     ``num_importance_samples``, ``num_seeds`` (1) and ``versions``.
     """
+    if num_samples < 1:
+        raise ValueError(f"--num-samples must be >= 1, got {num_samples}")
+    if num_test is not None and num_test < 1:
+        raise ValueError(f"--num-test must be >= 1, got {num_test}")
     if model is None:
         model, guide, config, _ = load_run(run_dir)
     x = prepare_data(config, "test", config["device"])
@@ -201,15 +234,29 @@ def evaluate_run(run_dir: str | Path, *, num_samples: int = 1000, num_test: Opti
     num_dims = int(math.prod(x.shape[1:]))
     from ..models.likelihoods import make_likelihood
     discrete = make_likelihood(config.get("likelihood", "bernoulli")).discrete
-    offset = 0.0 if discrete or config.get("binarization") != "none" else num_dims * math.log(256)
-    s = summarize_nll(logp, num_dims, offset_nats=offset)
+    mode = config.get("binarization", "dynamic")
+    levels = DATASET_LEVELS.get(config["data"], 256)
+    if discrete:  # a probability mass: -log P(x) directly
+        offset, note = 0.0, "discrete likelihood: test_nll = -log P(x)"
+    elif mode == "dequantize":  # Theis et al. 2016: -log P(k) <= -log p((k + u) / L) + D log L
+        offset = num_dims * math.log(levels)
+        note = (f"continuous likelihood on uniformly dequantised data y = (k + u) / {levels}: "
+                f"test_nll = -log p(y) + D log {levels} (offset {offset:.2f} nats), an upper "
+                "bound in expectation on the discrete -log P(k); u drawn once with seed 0")
+    else:
+        offset, note = None, ("continuous density evaluated at discrete points: NOT a bound on "
+                              "-log P(x), no bits/dim; use --binarization dequantize")
+    s = summarize_nll(logp, num_dims, offset_nats=offset or 0.0)
+    test_binarization = {"dequantize": "fixed uniform dequantisation, seed 0", "none": "none"}.get(
+        mode, "fixed Bernoulli draw, seed 0")
     metrics = {
         "test_elbo": float(elbo.mean()), "test_elbo_se": float(elbo.std() / math.sqrt(len(elbo))),
-        "test_nll": s.nll, "test_nll_se": s.nll_se, "test_bits_per_dim": s.bits_per_dim,
-        "bits_per_dim_offset_nats": offset, "num_test_points": s.num_points,
+        "test_nll": s.nll + (offset or 0.0), "test_nll_se": s.nll_se,
+        "test_bits_per_dim": None if offset is None else s.bits_per_dim,
+        "test_nll_density": s.nll if not discrete else None,
+        "bits_per_dim_offset_nats": offset, "nll_note": note, "num_test_points": s.num_points,
         "num_importance_samples": num_samples, "num_seeds": 1,
-        "test_binarization": "fixed Bernoulli draw, seed 0" if config.get("binarization") != "none" else "none",
-        "train_binarization": config.get("binarization"),
+        "test_binarization": test_binarization, "train_binarization": mode,
         "eval_seconds": time.perf_counter() - t0, "versions": _versions(),
         "config": config,
     }
@@ -223,6 +270,8 @@ def sample_run(run_dir: str | Path, *, num_samples: int = 64, model=None, guide=
     (test originals above reconstructions) into the run directory; for a VQ-VAE run with
     a code prior fitted by ``lvm-pyro fit-prior`` also ``prior_samples.png`` and
     ``prior_vs_reconstructions.png`` (:mod:`lvm_pyro.training.prior_stage`)."""
+    if num_samples < 1:
+        raise ValueError(f"--num-samples must be >= 1, got {num_samples}")
     run_dir = Path(run_dir)
     if model is None:
         model, guide, config, _ = load_run(run_dir)

@@ -126,7 +126,7 @@ def nuts_reference(model: Callable, x: torch.Tensor, *, guide: Optional[Callable
 
     Raises:
         ValueError: ``num_chains < 1``, ``num_samples < 4``, ``warmup_steps < 0``,
-        ``init_radius <= 0``, or a model without site ``latent``.
+        ``init_radius <= 0``, a model without site ``latent``, or a discrete latent.
     """
     import arviz as az
 
@@ -138,6 +138,13 @@ def nuts_reference(model: Callable, x: torch.Tensor, *, guide: Optional[Callable
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
     if init_radius <= 0:
         raise ValueError(f"init_radius must be > 0, got {init_radius}")
+    with poutine.block():
+        site = poutine.trace(poutine.uncondition(model)).get_trace(x[:1]).nodes.get(latent)
+    if site is None:
+        raise ValueError(f"the model has no sample site {latent!r}")
+    if site["fn"].support.is_discrete:
+        raise ValueError(f"site {latent!r} is discrete ({type(site['fn']).__name__}): NUTS needs "
+                         "continuous latents; enumerate small discrete posteriors instead")
     rng = pyro.util.get_rng_state()
     draws, diverging, divergences, accept = [], [], [], []
     t0 = time.perf_counter()

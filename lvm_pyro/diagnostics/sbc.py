@@ -4,6 +4,7 @@ calibration", algorithm 1).
 
 For n = 1..N: draw z~_n ~ p(z) and x~_n ~ p(x | z~_n) from the model, then L draws
 z_l ~ q(z | x~_n) from the guide, and the rank r_n = #{l : z_l < z~_n} in {0, ..., L}
+(ties, as discrete latents have, broken uniformly at random)
 per latent coordinate. If q(z | x) equals the posterior p(z | x), the ranks are uniform
 on {0, ..., L} (Talts et al., theorem 1). A guide that is too narrow gives a U-shaped
 histogram, one too wide a hump, a biased one a slope. Guide draws are independent, so no
@@ -119,7 +120,12 @@ def simulation_based_calibration(model: Callable, guide: Callable, x_template: t
     site = gt.nodes[latent]
     z = particles_by_datapoint(site["value"], site["fn"].event_dim, num_draws, x_sim.shape[0],
                                max_plate_nesting, latent)  # (L, N, *event)
-    ranks = (z < z_true.unsqueeze(0)).sum(0)  # (N, *event)
+    # ties (discrete latents) are broken uniformly at random, so that ranks stay uniform
+    # under a calibrated guide: r = #{z_l < z~} + U{0, ..., #{z_l == z~}}
+    less = (z < z_true.unsqueeze(0)).sum(0)  # (N, *event)
+    ties = (z == z_true.unsqueeze(0)).sum(0)
+    u = torch.rand(ties.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ranks = less + torch.floor(u * (ties + 1).double()).long()
     counts, pvalues = rank_uniformity_pvalue(ranks, num_draws, num_bins)
     pvalue = float(min(1.0, float(pvalues.min()) * pvalues.numel()))
     return SBCResult(ranks, num_draws, num_bins, counts, pvalues, pvalue)

@@ -53,9 +53,11 @@ def test_support_errors_name_the_site_and_fix():
         model(digits(4))  # intensities, not bits
     with pytest.raises(ValueError, match="shape"):
         model(torch.zeros(4, 64))
-    gmodel, _ = small_vae(lik=GaussianLikelihood())
+    gmodel, gguide = small_vae(lik=GaussianLikelihood())
     with pytest.raises(ValueError, match="NaN"):
         gmodel(torch.full((2, 1, 8, 8), float("nan")))
+    with pytest.raises(ValueError, match="site 'x'.*NaN"):
+        gguide(torch.full((2, 1, 8, 8), float("nan")))
 
 
 def _trainer(tmp_path, model, guide, **kw):

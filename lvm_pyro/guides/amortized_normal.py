@@ -39,7 +39,14 @@ class AmortizedNormalGuide(PyroModule):
         self.min_scale = float(min_scale)
 
     def loc_scale(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loc, scale) of q(z | x), each (batch, z_dim), for x (batch, *event_shape)."""
+        """(loc, scale) of q(z | x), each (batch, z_dim), for x (batch, *event_shape).
+
+        Raises:
+            ValueError: x contains NaN or infinite values.
+        """
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("site 'x': the guide's input contains NaN or infinite values; "
+                             "clean or impute the data before training")
         h = self.encoder(x)  # (batch, 2, z_dim)
         if h.shape[-2:] != (2, self.z_dim):
             raise ValueError(f"encoder must output (..., 2, {self.z_dim}), got {tuple(h.shape)}")

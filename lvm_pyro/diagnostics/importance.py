@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from pyro.poutine.util import site_is_subsample
 
-from ..inference import guess_max_plate_nesting, log_weights
+from ..inference import guess_max_plate_nesting, iter_log_weights, log_weights, logmeanexp
+from ..inference.importance import effective_sample_size
 from ..sites import LATENT
 
 __all__ = ["ImportanceDiagnostics", "importance_diagnostics", "sample_log_weights",
@@ -49,8 +50,6 @@ __all__ = ["ImportanceDiagnostics", "importance_diagnostics", "sample_log_weight
 EXACT_TOL = 1e-4
 #: fewest draws ArviZ's Pareto fit accepts (it needs 5 tail draws, S / 5 for S <= 225)
 MIN_SAMPLES = 25
-#: default (particle x datapoint x data-element) floats evaluated in one vectorised pass
-ELEMENT_BUDGET = 2 ** 24
 
 
 def khat_threshold(num_samples: int) -> float:
@@ -119,8 +118,7 @@ def importance_ess(log_w: torch.Tensor | np.ndarray, *, exact_tol: float = EXACT
     """
     lw = torch.from_numpy(_as_numpy_sb(log_w))
     num_samples = lw.shape[0]
-    log_norm = lw - torch.logsumexp(lw, dim=0, keepdim=True)  # log w~, (S, batch)
-    ess = torch.exp(-torch.logsumexp(2.0 * log_norm, dim=0))
+    ess = effective_sample_size(lw, dim=0)
     exact = (lw.max(0).values - lw.min(0).values) <= exact_tol
     return torch.where(exact, torch.full_like(ess, float(num_samples)), ess)
 
@@ -147,20 +145,13 @@ def sample_log_weights(model: Callable, guide: Callable, x: torch.Tensor, num_sa
         ValueError: ``num_samples < 1``, a missing ``latent`` site in the guide, or any
         error of :func:`lvm_pyro.inference.log_weights`.
     """
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if chunk_size is None:
-        chunk_size = max(1, ELEMENT_BUDGET // max(1, x.numel()))
-    elif chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     with torch.no_grad():
         if max_plate_nesting is None:
             max_plate_nesting = guess_max_plate_nesting(model, guide, x)
         lws, zs = [], []
-        done = 0
-        while done < num_samples:
-            k = min(chunk_size, num_samples - done)
-            out = log_weights(model, guide, x, k, max_plate_nesting=max_plate_nesting)
+        for out in iter_log_weights(model, guide, x, num_samples, chunk_size=chunk_size,
+                                    max_plate_nesting=max_plate_nesting):
+            k = out.log_w.shape[0]
             lws.append(out.log_w.detach())
             if latent is not None:
                 if latent not in out.guide_trace.nodes:
@@ -169,7 +160,6 @@ def sample_log_weights(model: Callable, guide: Callable, x: torch.Tensor, num_sa
                 site = out.guide_trace.nodes[latent]
                 zs.append(particles_by_datapoint(site["value"].detach(), site["fn"].event_dim,
                                                  k, x.shape[0], max_plate_nesting, latent))
-            done += k
     return torch.cat(lws, 0), (torch.cat(zs, 0) if latent is not None else None)
 
 
@@ -322,6 +312,6 @@ def importance_diagnostics(model: Callable, guide: Callable, x: torch.Tensor,
     num_samples = log_w.shape[0]
     khat = pareto_khat(log_w, exact_tol=exact_tol)
     ess = importance_ess(log_w, exact_tol=exact_tol)
-    log_marginal = torch.logsumexp(log_w, 0) - math.log(num_samples)
+    log_marginal = logmeanexp(log_w, 0)
     return ImportanceDiagnostics(khat, ess, log_marginal, log_w, num_samples,
                                  khat_threshold(num_samples))

@@ -4,7 +4,7 @@ Nothing here imports :mod:`lvm_pyro.models`: every function works on any model /
 pair that follows the site names of :mod:`lvm_pyro.sites`.
 """
 
-from .evaluation import (NLLSummary, bits_per_dim, elbo_per_datapoint, log_marginal_likelihood,
+from .evaluation import (iter_log_weights, NLLSummary, bits_per_dim, elbo_per_datapoint, log_marginal_likelihood,
                          logmeanexp, summarize_nll)
 from .log_weights import LogWeights, guess_max_plate_nesting, log_weights
 from .iwae import BiasedGradientWarning, IWAE_ELBO
@@ -14,7 +14,7 @@ from .importance import (ImportanceEstimate, RepeatedEstimates, effective_sample
                          repeated_importance_estimates)
 from .amortization import AmortizationGap, amortization_gap, fit_local_guide
 
-__all__ = ["log_weights", "LogWeights", "guess_max_plate_nesting", "log_marginal_likelihood",
+__all__ = ["iter_log_weights", "log_weights", "LogWeights", "guess_max_plate_nesting", "log_marginal_likelihood",
            "elbo_per_datapoint", "NLLSummary", "summarize_nll", "bits_per_dim", "logmeanexp"]
 __all__ += ["IWAE_ELBO", "BiasedGradientWarning", "GradientStats", "gradient_statistics",
             "parameter_groups"]

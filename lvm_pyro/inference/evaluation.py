@@ -4,13 +4,13 @@ and NLL / bits-per-dim summaries with standard errors."""
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, Iterator, NamedTuple, Optional
 
 import torch
 
-from .log_weights import guess_max_plate_nesting, log_weights
+from .log_weights import LogWeights, guess_max_plate_nesting, log_weights
 
-__all__ = ["log_marginal_likelihood", "elbo_per_datapoint", "NLLSummary", "summarize_nll",
+__all__ = ["iter_log_weights", "log_marginal_likelihood", "elbo_per_datapoint", "NLLSummary", "summarize_nll",
            "bits_per_dim", "logmeanexp"]
 
 #: default number of (particle x datapoint x data-element) floats evaluated at once
@@ -29,6 +29,32 @@ def _chunk(num_samples: int, x: torch.Tensor, chunk_size: Optional[int]) -> int:
         return min(chunk_size, num_samples)
     per_particle = max(1, x.numel())
     return max(1, min(num_samples, DEFAULT_ELEMENT_BUDGET // per_particle))
+
+
+def iter_log_weights(model: Callable, guide: Callable, x: torch.Tensor, num_samples: int, *,
+                     chunk_size: Optional[int] = None, num_data: Optional[int] = None,
+                     idx: Optional[torch.Tensor] = None,
+                     max_plate_nesting: Optional[int] = None) -> Iterator[LogWeights]:
+    """:func:`log_weights` for ``num_samples`` particles per datapoint, in chunks of at most
+    ``chunk_size`` particles (default: as many as keep particles x elements of x under
+    2**24), so that memory is O(chunk x batch). Yields one :class:`LogWeights` per chunk;
+    the chunks' ``log_w`` (k, batch) together hold ``num_samples`` rows.
+
+    Raises:
+        ValueError: ``num_samples < 1``, ``chunk_size < 1``, or an error of
+        :func:`log_weights`.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if max_plate_nesting is None:
+        max_plate_nesting = guess_max_plate_nesting(model, guide, x, num_data, idx)
+    chunk = _chunk(num_samples, x, chunk_size)
+    done = 0
+    while done < num_samples:
+        k = min(chunk, num_samples - done)
+        yield log_weights(model, guide, x, k, num_data=num_data, idx=idx,
+                          max_plate_nesting=max_plate_nesting)
+        done += k
 
 
 @torch.no_grad()
@@ -58,20 +84,11 @@ def log_marginal_likelihood(model: Callable, guide: Callable, x: torch.Tensor,
         ValueError: ``num_samples < 1`` or any error of
         :func:`lvm_pyro.inference.log_weights`.
     """
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if max_plate_nesting is None:
-        max_plate_nesting = guess_max_plate_nesting(model, guide, x, num_data, idx)
-    chunk = _chunk(num_samples, x, chunk_size)
     running = None
-    done = 0
-    while done < num_samples:
-        k = min(chunk, num_samples - done)
-        lw = log_weights(model, guide, x, k, num_data=num_data, idx=idx,
-                         max_plate_nesting=max_plate_nesting).log_w
-        part = torch.logsumexp(lw, dim=0)
+    for out in iter_log_weights(model, guide, x, num_samples, chunk_size=chunk_size,
+                                num_data=num_data, idx=idx, max_plate_nesting=max_plate_nesting):
+        part = torch.logsumexp(out.log_w, dim=0)
         running = part if running is None else torch.logaddexp(running, part)
-        done += k
     return running - math.log(num_samples)
 
 

@@ -31,8 +31,7 @@ import pyro.poutine as poutine
 import torch
 
 from ..sites import LATENT, data_plate, program_kwargs
-from .evaluation import _chunk
-from .log_weights import guess_max_plate_nesting, log_weights
+from .evaluation import iter_log_weights
 
 __all__ = ["effective_sample_size", "ImportanceEstimate", "importance_estimate",
            "RepeatedEstimates", "repeated_importance_estimates", "prior_proposal",
@@ -110,24 +109,16 @@ def importance_estimate(model: Callable, proposal: Callable, x: torch.Tensor,
         ValueError: ``num_samples < 1`` or any error of
             :func:`lvm_pyro.inference.log_weights` (e.g. an enumerated site).
     """
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if max_plate_nesting is None:
-        max_plate_nesting = guess_max_plate_nesting(model, proposal, x, num_data, idx)
-    chunk = _chunk(num_samples, x, chunk_size)
     lse = lse2 = None
     kept = []
-    done = 0
-    while done < num_samples:
-        k = min(chunk, num_samples - done)
-        lw = log_weights(model, proposal, x, k, num_data=num_data, idx=idx,
-                         max_plate_nesting=max_plate_nesting).log_w  # (k, batch)
+    for out in iter_log_weights(model, proposal, x, num_samples, chunk_size=chunk_size,
+                                num_data=num_data, idx=idx, max_plate_nesting=max_plate_nesting):
+        lw = out.log_w  # (k, batch)
         a, b = torch.logsumexp(lw, dim=0), torch.logsumexp(2 * lw, dim=0)
         lse = a if lse is None else torch.logaddexp(lse, a)
         lse2 = b if lse2 is None else torch.logaddexp(lse2, b)
         if keep_log_w:
             kept.append(lw)
-        done += k
     log_px = lse - math.log(num_samples)
     ess = torch.exp(2 * lse - lse2)
     return ImportanceEstimate(log_px, ess, int(num_samples),

@@ -59,6 +59,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
 from ..sites import PARTICLE_PLATE, program_kwargs
+from .evaluation import logmeanexp
 from .particle_elbo import ParticleELBO, auxiliary_log_factor
 from .log_weights import (is_auxiliary_site, run_vectorized,
                           site_log_prob_per_datapoint, weights_from_traces)
@@ -249,7 +250,7 @@ class IWAE_ELBO(ParticleELBO):
     def bound(log_w: torch.Tensor) -> torch.Tensor:
         """Per-datapoint log (1/K) sum_k w_ik: log_w (K, batch) -> (batch,), nats,
         numerically stable (logsumexp)."""
-        return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
+        return logmeanexp(log_w, dim=0)
 
     def _elbo(self, f: IWAEForward) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-datapoint bound (batch,), objective value: (N/B) sum + auxiliary)."""

@@ -36,6 +36,7 @@ import torch
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 
+from .evaluation import logmeanexp
 from .particle_elbo import ParticleELBO, auxiliary_log_factor
 from .log_weights import (is_auxiliary_site, run_vectorized,
                           site_log_prob_per_datapoint, weights_from_traces)
@@ -158,7 +159,7 @@ class VIMCO(ParticleELBO):
     @staticmethod
     def bound(log_w: torch.Tensor) -> torch.Tensor:
         """log (1/K) sum_k w_k per datapoint: (K, batch) -> (batch,), nats."""
-        return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
+        return logmeanexp(log_w, dim=0)
 
     def _elbo(self, f: VIMCOForward) -> torch.Tensor:
         return f.data_scale * self.bound(f.log_w).sum() + f.auxiliary

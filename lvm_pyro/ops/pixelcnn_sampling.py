@@ -111,7 +111,7 @@ def sample_cached(net: GatedPixelCNN, uniforms: torch.Tensor,
     _check(net, uniforms, y)
     b, height, width = uniforms.shape
     r, c, num_layers = net.radius, net.channels, net.num_layers
-    dtype, device = uniforms.dtype, uniforms.device
+    device = uniforms.device
     layers = list(net.layers)
     # weights, rearranged once for channels-last windows
     vw = [l.v_conv.weight.permute(0, 2, 3, 1).reshape(2 * c, -1) for l in layers]  # (2C, tap*k*C)

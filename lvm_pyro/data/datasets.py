@@ -62,7 +62,7 @@ def _digits(split: str) -> ImageDataset:
     y = torch.as_tensor(d.target, dtype=torch.int64)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
     sel = perm[:DIGITS_NUM_TEST] if split == "test" else perm[DIGITS_NUM_TEST:]
-    return ImageDataset(x[sel], y[sel], 17, "digits")
+    return ImageDataset(x[sel], y[sel], DATASET_LEVELS["digits"], "digits")
 
 
 def _stage_idx_gz(src_dir: Path, raw_dir: Path) -> bool:
@@ -118,7 +118,7 @@ def _torchvision(name: str, split: str, root: Optional[Path]) -> ImageDataset:
             ) from e
     x = ds.data.to(torch.float32).unsqueeze(1) / 255.0  # (N, 1, 28, 28)
     y = ds.targets.to(torch.int64)
-    return ImageDataset(x, y, 256, name)
+    return ImageDataset(x, y, DATASET_LEVELS[name], name)
 
 
 def load_dataset(name: str, split: str = "train", root: Optional[str | Path] = None) -> ImageDataset:

@@ -43,6 +43,7 @@ def test_fashion_mnist_from_root_with_tiny_idx(tmp_path, monkeypatch):
 
 
 def test_fashion_mnist_staged_from_debian_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv(datasets.ISOLATED_DATA_ENV, raising=False)
     src = tmp_path / "debian"
     _make_fashion(tmp_path / "src")
     (src).mkdir()
@@ -69,6 +70,33 @@ def test_missing_dataset_names_both_ways(tmp_path, monkeypatch):
         load_dataset("fashion-mnist", "train", root=tmp_path / "empty")
     msg = str(e.value)
     assert "apt-get install dataset-fashion-mnist" in msg and "FashionMNIST/raw" in msg
+
+
+def test_isolated_data_folder_skips_cache_system_folder_and_download(tmp_path, monkeypatch):
+    """$LVM_PYRO_DATA_ONLY (set by CI to an empty folder) hides the cache and Debian's
+    system folder and turns downloads off, so a hidden data dependency fails loudly."""
+    import torchvision.datasets as tvd
+
+    src = tmp_path / "debian"
+    _make_fashion(tmp_path / "src")
+    src.mkdir()
+    for f in (tmp_path / "src" / "FashionMNIST" / "raw").iterdir():
+        f.rename(src / f.name)
+    monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST_DIR", src)  # the system folder has it
+    _make_fashion(tmp_path / "cache")                                  # so does the cache
+    monkeypatch.setenv("LVM_PYRO_DATA", str(tmp_path / "cache"))
+    assert load_dataset("fashion-mnist", "test").images.shape == (4, 1, 28, 28)
+
+    calls = []
+    monkeypatch.setattr(tvd.FashionMNIST, "download", lambda self: calls.append(1))
+    monkeypatch.setenv(datasets.ISOLATED_DATA_ENV, str(tmp_path / "empty"))
+    with pytest.raises(DatasetNotFoundError, match="LVM_PYRO_DATA_ONLY"):
+        load_dataset("fashion-mnist", "test")
+    assert calls == []                                     # no download was attempted
+    assert not (tmp_path / "empty" / "FashionMNIST").exists()  # nothing staged there
+    # an explicit root is still read, and the bundled digits always load
+    assert load_dataset("fashion-mnist", "test", root=tmp_path / "cache").images.shape[0] == 4
+    assert load_dataset("digits", "test").images.shape == (297, 1, 8, 8)
 
 
 def test_bad_names():
@@ -123,3 +151,13 @@ def test_dequantize_cells_and_uniform_bound():
         dequantize(k / 16, 1)
     b = Binarizer("dequantize", seed=0, levels=levels)
     assert not torch.equal(b(k / 16), b(k / 16))
+
+
+@pytest.mark.dataset("fashion-mnist")
+def test_real_fashion_mnist_when_present():
+    """The full Fashion-MNIST (Xiao et al. 2017): 60000 / 10000 images of 28x28 on 256 levels,
+    10 balanced classes. Skipped, with the reason, where the data set is absent."""
+    tr, te = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
+    assert tr.images.shape == (60000, 1, 28, 28) and te.images.shape == (10000, 1, 28, 28)
+    assert tr.levels == 256 and float(tr.images.min()) == 0.0 and float(tr.images.max()) == 1.0
+    assert torch.equal(torch.bincount(te.labels), torch.full((10,), 1000))

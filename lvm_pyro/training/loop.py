@@ -24,6 +24,7 @@ from ..data.binarize import Binarizer
 from ..sites import program_kwargs
 from .checkpoint import (CheckpointError, get_rng_state, load_checkpoint, restore_params,
                          save_checkpoint, set_rng_state)
+from .progress import EpochProgress
 
 __all__ = ["Trainer", "EpochMetrics", "adapt_program"]
 
@@ -70,7 +71,8 @@ class Trainer:
         checkpoint_path: file written atomically at the end of every epoch (or ``None``).
         config: JSON-able run configuration stored in the checkpoint and compared on
             resume (a mismatch raises :class:`CheckpointError`).
-        progress: show a tqdm progress bar with the running loss.
+        progress: report progress: a tqdm bar with the running loss when stderr is a
+            terminal, else one line per epoch.
         callbacks: ``cb(trainer, metrics: EpochMetrics)`` called after every epoch.
         clip_norm: optional gradient-norm clipping.
         modules: torch modules whose state dicts (buffers included) are checkpointed;
@@ -226,11 +228,8 @@ class Trainer:
                     f"asked for; resume with --epochs >= {self.epoch} (or evaluate the run as is)")
         n = x.shape[0]
         steps_per_epoch = math.ceil(n / self.batch_size)
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=max(0, epochs - self.epoch) * steps_per_epoch, unit="step",
-                       dynamic_ncols=True)
+        bar = EpochProgress(max(0, epochs - self.epoch) * steps_per_epoch,
+                            enabled=self.progress)
         try:
             while self.epoch < epochs:
                 t0 = time.perf_counter()
@@ -247,11 +246,10 @@ class Trainer:
                             f"{self.step}; lower the learning rate (--lr) or check the data")
                     total += per_point * len(idx)
                     count += len(idx)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(epoch=self.epoch + 1, loss=f"{total / count:.3f}")
+                    bar.step(self.epoch + 1, total / count)
                 self.epoch += 1
                 m = EpochMetrics(self.epoch, total / count, time.perf_counter() - t0)
+                bar.end_epoch(self.epoch, epochs, m.loss, m.seconds)
                 for cb in self.callbacks:
                     out = cb(self, m)
                     if isinstance(out, dict):
@@ -260,8 +258,7 @@ class Trainer:
                 if self.checkpoint_path is not None:
                     self.save()
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
         return self.history
 
     def _step(self, xb: torch.Tensor, n: int, idx: torch.Tensor) -> float:

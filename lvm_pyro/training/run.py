@@ -25,6 +25,7 @@ from .builders import build_callbacks, build_elbo, build_metrics, build_model
 from .checkpoint import CheckpointError, load_checkpoint, restore_params
 from .loop import Trainer, adapt_program
 from .pictures import prior_samples, save_grid, save_loss_curve, save_reconstructions
+from .progress import progress_iter
 
 __all__ = ["Run", "load_run", "train_run", "evaluate_run", "sample_run", "prepare_data",
            "DEFAULT_CONFIG"]
@@ -221,10 +222,8 @@ def evaluate_run(run_dir: str | Path, *, num_samples: int = 1000, num_test: Opti
         x = x[:num_test]
     elbos, logps = [], []
     t0 = time.perf_counter()
-    starts = range(0, len(x), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-        starts = tqdm(starts, desc=f"evaluating (K={num_samples})", unit="batch")
+    starts = progress_iter(range(0, len(x), batch_size), f"evaluating (K={num_samples})",
+                           total=math.ceil(len(x) / batch_size), enabled=progress)
     for start in starts:
         xb = x[start:start + batch_size]
         elbos.append(elbo_per_datapoint(model, guide, xb, num_samples=1))

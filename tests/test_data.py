@@ -77,6 +77,7 @@ def test_isolated_data_folder_skips_cache_system_folder_and_download(tmp_path, m
     system folder and turns downloads off, so a hidden data dependency fails loudly."""
     import torchvision.datasets as tvd
 
+    monkeypatch.delenv(datasets.ISOLATED_DATA_ENV, raising=False)
     src = tmp_path / "debian"
     _make_fashion(tmp_path / "src")
     src.mkdir()

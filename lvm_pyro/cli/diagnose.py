@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sbc-draws", type=int, default=99)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--latent", default=None,
-                   help="latent site of the guide (default: z, or the guide's only latent site)")
+                   help="latent site of the guide (default: z, else codes, else the guide's only latent site)")
     add_data_root(p)
     add_threads(p)
 

@@ -69,8 +69,9 @@ def _select_by_khat(khat: torch.Tensor, n: int) -> list[int]:
 
 
 def resolve_latent(guide, x, latent: Optional[str] = None) -> str:
-    """The latent site to diagnose: ``latent`` when the guide samples it; by default
-    ``"z"`` when present, else the guide's only latent site.
+    """The latent site to diagnose: ``latent`` when the guide samples it; by default the
+    first of the site vocabulary's latents (``"z"``, then ``"codes"``) the guide has, else
+    its only latent site.
 
     Raises:
         ValueError: the guide has no site ``latent`` (the message lists its latent
@@ -79,7 +80,7 @@ def resolve_latent(guide, x, latent: Optional[str] = None) -> str:
     import pyro.poutine as poutine
     from pyro.poutine.util import site_is_subsample
 
-    from ..sites import program_kwargs
+    from ..sites import CODES, LATENT, program_kwargs
 
     with torch.no_grad(), poutine.block():
         tr = poutine.trace(guide).get_trace(x, **program_kwargs(guide))
@@ -89,8 +90,9 @@ def resolve_latent(guide, x, latent: Optional[str] = None) -> str:
         if latent not in sites:
             raise ValueError(f"the guide has no latent site {latent!r}; its latent sites: {sites}")
         return latent
-    if "z" in sites:
-        return "z"
+    for name in (LATENT, CODES):
+        if name in sites:
+            return name
     if len(sites) == 1:
         return sites[0]
     raise ValueError(f"the guide has latent sites {sites}; name the one to diagnose")

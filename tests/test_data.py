@@ -67,9 +67,12 @@ def test_missing_dataset_names_both_ways(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tvd.FashionMNIST, "download", no_network)
     with pytest.raises(DatasetNotFoundError) as e:
-        load_dataset("fashion-mnist", "train", root=tmp_path / "empty")
+        load_dataset("fashion-mnist", "train")
     msg = str(e.value)
     assert "apt-get install dataset-fashion-mnist" in msg and "FashionMNIST/raw" in msg
+    # a root that is missing or empty is an error of its own, never a fallback to the cache
+    with pytest.raises(DatasetNotFoundError, match="does not exist"):
+        load_dataset("fashion-mnist", "train", root=tmp_path / "missing")
 
 
 def test_isolated_data_folder_skips_cache_system_folder_and_download(tmp_path, monkeypatch):

@@ -329,7 +329,7 @@ def test_fit_prior_and_sample_commands(tmp_path):
     assert abs(m["two_stage_nll"] - (m["reconstruction_nll"] + m["prior_nll"])) < 1e-3
     assert m["uniform_bits_per_code"] == 4.0
     assert abs(m["prior_bits_per_code"] * 4 * math.log(2) - m["prior_nll"]) < 1e-6
-    (run / "prior_samples.png").unlink()
     assert main(["sample", str(run), "--num-samples", "16"]) == 0
-    assert (run / "prior_samples.png").exists() and (run / "prior_vs_reconstructions.png").exists()
+    assert (run / "sample" / "prior_samples.png").exists()
+    assert (run / "sample" / "prior_vs_reconstructions.png").exists()
     assert main(["fit-prior", str(tmp_path / "missing")]) == 2

@@ -10,13 +10,14 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from lvm_pyro.cli import _config_from_args, build_parser
+from lvm_pyro.cli import build_parser
 from lvm_pyro.guides import InputBaseline, SigmoidBeliefNetGuide
 from lvm_pyro.inference import (VIMCO, FreeBits_ELBO, KLWeighted_ELBO, log_marginal_likelihood,
                                 log_weights)
 from lvm_pyro.models import SigmoidBeliefNetModel
 from lvm_pyro.nn import MLP
 from lvm_pyro.training.builders import build_elbo, build_model
+from lvm_pyro.training.config import ConfigError, config_from_namespace
 
 EVENT = (1, 2, 3)  # 6 binary pixels
 
@@ -128,25 +129,27 @@ def test_short_training_raises_the_exact_likelihood(objective):
 
 
 def test_builders_and_cli_flags():
-    cfg = _config_from_args(build_parser().parse_args(
-        ["fit", "--model", "sbn", "--elbo", "tracegraph", "--num-hidden", "0", "--z-dim", "7",
-         "--num-stochastic-layers", "2", "--beta", "2", "--kl-warmup", "100", "--free-bits", "0.5"]))
-    assert (cfg["beta"], cfg["kl_warmup"], cfg["free_bits"]) == (2.0, 100, 0.5)
+    def parse(*argv):
+        return config_from_namespace(build_parser().parse_args(["fit", *argv]))
+
+    cfg = parse("--model", "sbn", "--elbo", "tracegraph", "--num-hidden", "0", "--z-dim", "7",
+                "--num-stochastic-layers", "2", "--beta", "2", "--kl-warmup", "100")
+    assert (cfg.objective.beta, cfg.objective.kl_warmup) == (2.0, 100)
     model, guide = build_model(cfg, EVENT)
     assert isinstance(model, SigmoidBeliefNetModel) and model.z_dims == [7, 7]
     assert guide.baselines is not None and len(guide.baselines) == 2
-    with pytest.raises(ValueError, match="free-bits"):
-        build_elbo(cfg)  # free bits needs a pathwise objective
-    elbo = build_elbo({**cfg, "free_bits": 0.0})
+    with pytest.raises(ConfigError, match="free_bits does not apply"):
+        parse("--model", "sbn", "--elbo", "tracegraph", "--free-bits", "0.5")  # pathwise only
+    elbo = build_elbo(cfg)
     assert isinstance(elbo, KLWeighted_ELBO) and elbo.beta == 2.0 and elbo.kl_warmup_steps == 100
     fb = build_elbo({"elbo": "trace", "free_bits": 0.5, "beta": 1.0})
     assert isinstance(fb, FreeBits_ELBO) and fb.free_bits == 0.5
     assert isinstance(build_elbo({"elbo": "vimco", "num_particles": 5}), VIMCO)
-    with pytest.raises(ValueError, match="num-particles"):
+    with pytest.raises(ConfigError, match="num_particles must be >= 2"):
         build_elbo({"elbo": "vimco", "num_particles": 1})
-    with pytest.raises(ValueError, match="importance-weighted"):
+    with pytest.raises(ConfigError, match="beta does not apply"):
         build_elbo({"elbo": "vimco", "num_particles": 5, "beta": 0.5})
-    assert build_model({**cfg, "elbo": "vimco"}, EVENT)[1].baselines is None
+    assert build_model({"model": "sbn", "elbo": "vimco", "z_dim": 7}, EVENT)[1].baselines is None
 
 
 def test_train_run_and_reload(tmp_path):

@@ -42,12 +42,15 @@ class ImageDataset(NamedTuple):
         levels: number of discrete intensity levels of the raw data (17 or 256); the raw
             integers are ``round(images * (levels - 1))``.
         name: data-set name.
+        source: where the data came from: an absolute folder path, or
+            ``"sklearn.datasets.load_digits"`` for the bundled digits.
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     levels: int
     name: str
+    source: str = ""
 
     def integers(self) -> torch.Tensor:
         """Raw integer pixels (N, C, H, W) int64 in 0..levels-1."""
@@ -81,7 +84,8 @@ def _digits(split: str) -> ImageDataset:
     y = torch.as_tensor(d.target, dtype=torch.int64)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
     sel = perm[:DIGITS_NUM_TEST] if split == "test" else perm[DIGITS_NUM_TEST:]
-    return ImageDataset(x[sel], y[sel], DATASET_LEVELS["digits"], "digits")
+    return ImageDataset(x[sel], y[sel], DATASET_LEVELS["digits"], "digits",
+                        "sklearn.datasets.load_digits")
 
 
 def _stage_idx_gz(src_dir: Path, raw_dir: Path) -> bool:
@@ -106,31 +110,47 @@ def _torchvision(name: str, split: str, root: Optional[Path]) -> ImageDataset:
     cls, folder = (tvd.FashionMNIST, "FashionMNIST") if name == "fashion-mnist" else (tvd.MNIST, "MNIST")
     train = split == "train"
     tried = []
-    candidates = []
     isolated = isolated_data_dir()
-    if root is not None:
-        candidates.append(Path(root))
+    if root is not None:  # a folder the caller named: only there, never a silent fallback
+        root = Path(root).expanduser().resolve()
+        if not root.is_dir() or not any(root.iterdir()):
+            raise DatasetNotFoundError(
+                f"data root {root} {'is empty' if root.is_dir() else 'does not exist'}; "
+                f"place the four IDX files ({', '.join(_IDX_FILES)}, optionally .gz) under "
+                f"{root / folder / 'raw'}, or leave the root unset to use the cache "
+                f"({default_root()})")
+        candidates = [root]
+    else:
+        candidates = [default_root()]
     cache = default_root()  # the isolated folder when set: no cache, system folder, download
-    candidates.append(cache)
     for r in candidates:
         raw = r / folder / "raw"
         if not all((raw / n).exists() for n in _IDX_FILES):
             # torchvision also accepts the .gz files themselves next to raw/
-            if name == "fashion-mnist" and r == cache and isolated is None:
+            if name == "fashion-mnist" and r == cache and root is None and isolated is None:
                 _stage_idx_gz(DEBIAN_FASHION_MNIST_DIR, raw)
             _stage_idx_gz(raw, raw)
         try:
             ds = cls(root=str(r), train=train, download=False)
+            source = str((r / folder / "raw").resolve())
             break
         except RuntimeError as e:
             tried.append(f"{r / folder / 'raw'} ({e})")
     else:
+        if root is not None:
+            raise DatasetNotFoundError(
+                f"{name} not found under the data root {root}: looked in {'; '.join(tried)}. "
+                f"Place the four IDX files ({', '.join(_IDX_FILES)}, optionally .gz) under "
+                f"{root / folder / 'raw'}")
+        created = _missing_parents(cache / folder / "raw")
         try:
             if isolated is not None:
                 raise RuntimeError(f"downloads are off while ${ISOLATED_DATA_ENV}={isolated} "
                                    "restricts data-set lookups to that folder")
             ds = cls(root=str(cache), train=train, download=True)
+            source = str((cache / folder / "raw").resolve())
         except Exception as e:  # no network here: name both ways to get the data
+            _remove_empty(created)  # a failed download leaves no empty folders behind
             hint = ("apt-get install dataset-fashion-mnist (IDX files in "
                     f"{DEBIAN_FASHION_MNIST_DIR}), or " if name == "fashion-mnist" else "")
             raise DatasetNotFoundError(
@@ -141,7 +161,28 @@ def _torchvision(name: str, split: str, root: Optional[Path]) -> ImageDataset:
             ) from e
     x = ds.data.to(torch.float32).unsqueeze(1) / 255.0  # (N, 1, 28, 28)
     y = ds.targets.to(torch.int64)
-    return ImageDataset(x, y, DATASET_LEVELS[name], name)
+    return ImageDataset(x, y, DATASET_LEVELS[name], name, source)
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    out = []
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        out.append(path)
+        path = path.parent
+    return out
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders (deepest first) that exist and are empty, e.g. those a failed
+    download created."""
+    for d in folders:
+        for sub in sorted(d.rglob("*"), key=lambda p: len(p.parts), reverse=True) if d.is_dir() else ():
+            if sub.is_dir() and not any(sub.iterdir()):
+                sub.rmdir()
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
 
 
 def load_dataset(name: str, split: str = "train", root: Optional[str | Path] = None) -> ImageDataset:
@@ -152,11 +193,13 @@ def load_dataset(name: str, split: str = "train", root: Optional[str | Path] = N
             1500 train / 297 test by a seed-0 permutation), ``"fashion-mnist"``
             (torchvision FashionMNIST, 60000 / 10000), or ``"mnist"``.
         split: ``"train"`` or ``"test"``.
-        root: a folder holding ``FashionMNIST/raw/`` (or ``MNIST/raw/``) IDX files.
-            Fashion-MNIST is looked for, in order, under ``root``; in the cache root
+        root: a folder holding ``FashionMNIST/raw/`` (or ``MNIST/raw/``) IDX files: when
+            given, the data are looked for there only (a missing or empty folder is an
+            error). Without it, Fashion-MNIST is looked for in the cache root
             (:func:`default_root`), staged there from Debian's ``dataset-fashion-mnist``
-            package (``/usr/share/datasets/fashion-mnist``); then by torchvision's download.
-            When ``$LVM_PYRO_DATA_ONLY`` names a folder, it replaces the cache and nothing is
+            package (``/usr/share/datasets/fashion-mnist``), then by torchvision's
+            download (a failed download leaves no new empty folders). When
+            ``$LVM_PYRO_DATA_ONLY`` names a folder, it replaces the cache and nothing is
             staged from the system folder or downloaded (an explicit ``root`` is still read).
 
     Returns:
@@ -164,8 +207,9 @@ def load_dataset(name: str, split: str = "train", root: Optional[str | Path] = N
 
     Raises:
         ValueError: unknown name or split.
-        DatasetNotFoundError: the data exist nowhere and cannot be downloaded; the
-            message names the ways to get them.
+        DatasetNotFoundError: ``root`` is missing or empty or lacks the files, or the
+            data exist nowhere and cannot be downloaded; the message names the ways to
+            get them.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")

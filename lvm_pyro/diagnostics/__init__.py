@@ -13,11 +13,13 @@
 * :func:`simulation_based_calibration` -- rank test of the amortised guide (Talts et al.
   2018).
 
+A diagnostic that does not apply to a model raises :class:`NotApplicableError`.
 The command ``lvm-pyro diagnose RUN_DIR`` (:mod:`lvm_pyro.training.diagnose`) runs them
 all on a trained run; ``docs/diagnostics.md`` explains how to read them.
 """
 
 from .arviz_convert import draws_to_datatree, to_datatree
+from .errors import NotApplicableError
 from .importance import (EXACT_TOL, ImportanceDiagnostics, importance_diagnostics,
                          importance_ess, khat_threshold, pareto_khat, sample_log_weights,
                          summarize_khat)
@@ -37,4 +39,5 @@ __all__ = [
     "kl_per_dimension", "average_kl", "active_units", "ActiveUnits", "mutual_information",
     "MutualInformation", "kl_decomposition", "KLDecomposition", "ACTIVE_UNIT_THRESHOLD",
     "simulation_based_calibration", "SBCResult", "rank_uniformity_pvalue",
+    "NotApplicableError",
 ]

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from pyro.poutine.util import site_is_subsample
 
+from .errors import NotApplicableError
 from ..inference import guess_max_plate_nesting, iter_log_weights, log_weights, logmeanexp
 from ..inference.importance import effective_sample_size
 from ..sites import LATENT
@@ -203,7 +204,7 @@ def check_stochastic_guide(model: Callable, guide: Callable, x: torch.Tensor) ->
         if v.dim() > 0 and v.shape[0] == 2 and not torch.equal(v[0], v[1]):
             varies = True
     if not varies:
-        raise ValueError("the guide's latent draws do not vary (a point-mass / deterministic "
+        raise NotApplicableError("the guide's latent draws do not vary (a point-mass / deterministic "
                          "guide such as the VQ-VAE's one-hot codes): importance weights are "
                          "all equal by construction, so PSIS k-hat and ESS say nothing about "
                          "posterior quality")

@@ -31,6 +31,7 @@ import pyro.poutine as poutine
 import torch
 from torch.distributions import kl_divergence
 
+from .errors import NotApplicableError
 from ..sites import LATENT
 
 __all__ = ["guide_distribution", "prior_distribution", "kl_per_dimension", "average_kl",
@@ -126,7 +127,7 @@ def kl_per_dimension(model: Callable, guide: Callable, x: torch.Tensor, *,
     p = prior_distribution(model, guide, x, latent)
     qm, pm = _marginals(q), _marginals(p)
     if qm is None or pm is None:
-        raise ValueError(f"site {latent!r}: per-dimension KL needs guide and prior that "
+        raise NotApplicableError(f"site {latent!r}: per-dimension KL needs guide and prior that "
                          "factorise over the latent's coordinates (Normal, Independent, "
                          f"MultivariateNormal marginals); got {type(q).__name__} and "
                          f"{type(p).__name__}")

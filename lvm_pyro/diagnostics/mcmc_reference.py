@@ -35,6 +35,7 @@ from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide.initialization import init_to_uniform, init_to_value
 from pyro.poutine.messenger import Messenger
 
+from .errors import NotApplicableError
 from ..sites import AUXILIARY, LATENT
 from .arviz_convert import GUIDE_DRAWS_NOTE, draws_to_datatree
 from ..inference import guess_max_plate_nesting
@@ -143,7 +144,7 @@ def nuts_reference(model: Callable, x: torch.Tensor, *, guide: Optional[Callable
     if site is None:
         raise ValueError(f"the model has no sample site {latent!r}")
     if site["fn"].support.is_discrete:
-        raise ValueError(f"site {latent!r} is discrete ({type(site['fn']).__name__}): NUTS needs "
+        raise NotApplicableError(f"site {latent!r} is discrete ({type(site['fn']).__name__}): NUTS needs "
                          "continuous latents; enumerate small discrete posteriors instead")
     rng = pyro.util.get_rng_state()
     draws, diverging, divergences, accept = [], [], [], []

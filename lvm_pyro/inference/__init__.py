@@ -33,3 +33,6 @@ from .kl_weighting import (FreeBits_ELBO, KLWeighted_ELBO, LatentScaleMessenger,
 
 __all__ += ["KLWeighted_ELBO", "FreeBits_ELBO", "LatentScaleMessenger", "scale_latents",
             "kl_warmup_factor", "beta_schedule", "per_dimension_kl"]
+from .evaluation import BitsPerDimOffset, NLLReport, bits_per_dim_offset, nll_report
+
+__all__ += ["BitsPerDimOffset", "bits_per_dim_offset", "NLLReport", "nll_report"]

@@ -11,7 +11,8 @@ import torch
 from .log_weights import LogWeights, guess_max_plate_nesting, log_weights
 
 __all__ = ["iter_log_weights", "log_marginal_likelihood", "elbo_per_datapoint", "NLLSummary", "summarize_nll",
-           "bits_per_dim", "logmeanexp"]
+           "bits_per_dim", "logmeanexp", "BitsPerDimOffset", "bits_per_dim_offset", "NLLReport",
+           "nll_report"]
 
 #: default number of (particle x datapoint x data-element) floats evaluated at once
 DEFAULT_ELEMENT_BUDGET = 2 ** 24
@@ -139,3 +140,113 @@ def summarize_nll(log_px: torch.Tensor, num_dims: int, offset_nats: float = 0.0)
     nll = float(-log_px.mean())
     se = float(log_px.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
     return NLLSummary(nll, se, float(bits_per_dim(nll, num_dims, offset_nats)), n)
+
+
+class BitsPerDimOffset(NamedTuple):
+    """What a likelihood's -log p means on a data set, decided by
+    :func:`bits_per_dim_offset`.
+
+    Attributes:
+        offset_nats: nats added to -log p(y) per example to bound the discrete -log P(k)
+            (0 for a discrete likelihood, D log L for a density on uniformly dequantised
+            data), or ``None`` when no bound on -log P exists (a density at discrete
+            points): then there are no bits/dim.
+        num_dims: D, dimensions per example.
+        note: one sentence saying which case applies.
+    """
+
+    offset_nats: Optional[float]
+    num_dims: int
+    note: str
+
+
+def bits_per_dim_offset(likelihood, transform: str, levels: int, num_dims: int) -> BitsPerDimOffset:
+    """The one rule for bits/dim offsets: whether an NLL bounds the discrete data's code
+    length, and by which offset.
+
+    * discrete likelihood (Bernoulli on binarised data, discretised logistic on the raw
+      levels): -log P(x) is a code length, offset 0;
+    * continuous density on uniformly dequantised data y = (k + u) / L (Theis et al. 2016,
+      eq. 9): -log P(k) <= E_u[-log p(y)] + D log L, offset D log L;
+    * continuous density on anything else (binarised or raw grid values): not a bound on
+      -log P, no bits/dim (``offset_nats=None``).
+
+    Args:
+        likelihood: an object with a boolean ``discrete`` attribute (an
+            :class:`lvm_pyro.models.likelihoods.Likelihood`), or that boolean.
+        transform: the data transform of the evaluated split: ``"dynamic"`` /
+            ``"static"`` (binarised), ``"none"``, ``"dequantize"``.
+        levels: L >= 2, intensity levels of the raw data (17 for digits, 256 for 8 bits).
+        num_dims: D >= 1, dimensions per example.
+
+    Raises:
+        ValueError: ``levels < 2``, ``num_dims < 1``, unknown transform, or a discrete
+            likelihood on dequantised (off-grid) data.
+    """
+    discrete = likelihood if isinstance(likelihood, bool) else getattr(likelihood, "discrete", None)
+    if not isinstance(discrete, bool):
+        raise ValueError(f"likelihood must be a bool or have a boolean 'discrete' attribute, "
+                         f"got {type(likelihood).__name__}")
+    if transform not in ("dynamic", "static", "none", "dequantize"):
+        raise ValueError(f"transform must be dynamic, static, none or dequantize, got {transform!r}")
+    if levels < 2:
+        raise ValueError(f"levels must be >= 2, got {levels}")
+    if num_dims < 1:
+        raise ValueError(f"num_dims must be >= 1, got {num_dims}")
+    if discrete:
+        if transform == "dequantize":
+            raise ValueError("a discrete likelihood on dequantised data: its values are off the "
+                             "grid; use the transform 'none' (or a continuous likelihood)")
+        return BitsPerDimOffset(0.0, num_dims, "discrete likelihood: nll = -log P(x)")
+    if transform == "dequantize":
+        offset = num_dims * math.log(levels)
+        return BitsPerDimOffset(offset, num_dims, (
+            f"continuous likelihood on uniformly dequantised data y = (k + u) / {levels}: "
+            f"nll = -log p(y) + D log {levels} (offset {offset:.2f} nats), an upper bound in "
+            "expectation on the discrete -log P(k)"))
+    return BitsPerDimOffset(None, num_dims, (
+        "continuous density evaluated at discrete points: NOT a bound on -log P(x), no "
+        "bits/dim; dequantise the data (transform 'dequantize')"))
+
+
+class NLLReport(NamedTuple):
+    """Mean NLL of one bound over test points, with the offset of
+    :func:`bits_per_dim_offset` applied.
+
+    Attributes:
+        nll: mean -log p(x_i) + offset, nats per example (the density's value when there
+            is no offset).
+        nll_se: standard error over test points, nats.
+        bits_per_dim: nll / (D ln 2), or ``None`` when no bits/dim exist.
+        nll_se_bits_per_dim: nll_se / (D ln 2), or ``None``.
+        nll_density: mean -log p(x_i) without the offset, nats per example.
+        offset_nats: the offset (``None``: no bound on the discrete NLL).
+        note: the offset's explanation.
+        num_points: n.
+    """
+
+    nll: float
+    nll_se: float
+    bits_per_dim: Optional[float]
+    bits_per_dim_se: Optional[float]
+    nll_density: float
+    offset_nats: Optional[float]
+    note: str
+    num_points: int
+
+
+def nll_report(log_px: torch.Tensor, offset: BitsPerDimOffset) -> NLLReport:
+    """Summarise per-datapoint log p(x) (or any per-datapoint lower bound on it), nats,
+    shape (n,), with the offset decided by :func:`bits_per_dim_offset`: every report of
+    one bound (``evaluate``, ``fit-prior``, VQ metrics) goes through here.
+
+    Raises:
+        ValueError: no test points.
+    """
+    s = summarize_nll(log_px, offset.num_dims)
+    scale = offset.num_dims * math.log(2.0)
+    if offset.offset_nats is None:
+        return NLLReport(s.nll, s.nll_se, None, None, s.nll, None, offset.note, s.num_points)
+    nll = s.nll + offset.offset_nats
+    return NLLReport(nll, s.nll_se, nll / scale, s.nll_se / scale, s.nll, offset.offset_nats,
+                     offset.note, s.num_points)

@@ -1,9 +1,16 @@
-"""The edge: generic training loop, checkpoints, run directories and pictures."""
+"""The edge: generic training loop, typed run configurations, checkpoints, run
+directories and pictures."""
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import (ConfigError, DataConfig, IWAEConfig, MeanFieldConfig, PriorConfig, RunConfig,
+                     SBNConfig, TraceConfig, TraceGraphConfig, TrainConfig, VAEConfig,
+                     VIMCOConfig, VQVAEConfig)
 from .loop import EpochMetrics, Trainer, adapt_program
-from .run import DEFAULT_CONFIG, Run, evaluate_run, load_run, sample_run, train_run
+from .run import Run, evaluate_run, load_run, sample_run, train_run
+from .rundir import RunExistsError, RunFileError
 
 __all__ = ["Trainer", "EpochMetrics", "adapt_program", "CheckpointError", "save_checkpoint",
            "load_checkpoint", "load_run", "train_run", "evaluate_run", "sample_run", "Run",
-           "DEFAULT_CONFIG"]
+           "RunExistsError", "RunFileError", "ConfigError", "RunConfig", "DataConfig",
+           "TrainConfig", "VAEConfig", "VQVAEConfig", "SBNConfig", "TraceConfig",
+           "MeanFieldConfig", "IWAEConfig", "VIMCOConfig", "TraceGraphConfig", "PriorConfig"]

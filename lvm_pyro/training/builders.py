@@ -1,48 +1,122 @@
-"""Registries that turn a run configuration (a JSON-able dict) into a model, a guide and
-an objective. The only place where names such as ``"vae"`` or ``"trace"`` are mapped to
-code; later models and objectives register themselves here (:func:`register_model`,
-:func:`register_elbo`)."""
+"""Registries that turn a typed run configuration (:mod:`lvm_pyro.training.config`) into a
+model, a guide and an objective. The only place where names such as ``"vae"`` or
+``"trace"`` are mapped to code; users add models and objectives with
+:func:`register_model` / :func:`register_elbo`, each with its configuration dataclass.
+
+Builders also take a plain dict (a flat ``config.json``-style mapping): it is turned into
+the typed configuration first (:meth:`~lvm_pyro.training.config.RunConfig.from_dict`), so
+defaults still come from the dataclasses only.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import dataclasses
+from typing import Any, Callable, Mapping, Sequence
 
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from ..guides import AmortizedNormalGuide
+from ..inference.evaluation import nll_report
 from ..inference.iwae import IWAE_ELBO
 from ..models import VAEModel, make_likelihood
 from ..nn import MLP, ConvDecoder, ConvEncoder
+from .config import (MODEL_CONFIGS, OBJECTIVE_CONFIGS, IWAEConfig, MeanFieldConfig, ModelConfig,
+                     ObjectiveConfig, RunConfig, SBNConfig, TraceConfig, TraceGraphConfig,
+                     VAEConfig, VIMCOConfig, VQVAEConfig)
 
 __all__ = ["MODEL_BUILDERS", "ELBO_BUILDERS", "register_model", "register_elbo",
-           "build_model", "build_elbo", "build_vae", "build_vqvae", "CALLBACK_BUILDERS",
-           "METRIC_BUILDERS", "build_callbacks", "build_metrics"]
+           "build_model", "build_elbo", "build_objective", "build_vae", "build_vqvae",
+           "CALLBACK_BUILDERS", "METRIC_BUILDERS", "build_callbacks", "build_metrics",
+           "as_run_config"]
 
-ModelBuilder = Callable[[dict, Sequence[int]], tuple[Any, Any]]
+ModelBuilder = Callable[[Any, Sequence[int]], tuple[Any, Any]]
 MODEL_BUILDERS: dict[str, ModelBuilder] = {}
-ELBO_BUILDERS: dict[str, Callable[[dict], ELBO]] = {}
+ELBO_BUILDERS: dict[str, Callable[[Any], ELBO]] = {}
 
 
-def register_model(name: str, builder: ModelBuilder) -> None:
-    """Register ``builder(config, event_shape) -> (model, guide)`` under ``name``."""
+def _check_config_cls(name: str, config_cls: type, base: type) -> None:
+    if not (isinstance(config_cls, type) and dataclasses.is_dataclass(config_cls)
+            and issubclass(config_cls, base)):
+        raise ValueError(f"config_cls for {name!r} must be a dataclass subclassing "
+                         f"{base.__name__}, got {config_cls!r}")
+    if getattr(config_cls, "name", "") not in ("", name):
+        raise ValueError(f"config_cls {config_cls.__name__} names {config_cls.name!r}, "
+                         f"registered as {name!r}")
+    config_cls.name = name
+
+
+def register_model(name: str, builder: ModelBuilder, config_cls: type) -> None:
+    """Register ``builder(config, event_shape) -> (model, guide)`` under ``name``;
+    ``config_cls`` is its frozen configuration dataclass (a
+    :class:`~lvm_pyro.training.config.ModelConfig` subclass; its fields become ``fit``
+    flags and ``config.json`` keys). The builder receives a ``config_cls`` instance.
+
+    Raises:
+        ValueError: ``config_cls`` is not a ``ModelConfig`` dataclass, or names another
+            model.
+    """
+    _check_config_cls(name, config_cls, ModelConfig)
     MODEL_BUILDERS[name] = builder
+    MODEL_CONFIGS[name] = config_cls
 
 
-def register_elbo(name: str, builder: Callable[[dict], ELBO]) -> None:
-    """Register ``builder(config) -> ELBO`` under ``name``."""
+def register_elbo(name: str, builder: Callable[[Any], ELBO], config_cls: type) -> None:
+    """Register ``builder(objective_config) -> ELBO`` under ``name`` with its configuration
+    dataclass (an :class:`~lvm_pyro.training.config.ObjectiveConfig` subclass). KL
+    weighting is applied by :func:`build_objective` from the config's ``beta`` /
+    ``kl_warmup`` / ``free_bits`` fields, when it has them.
+
+    Raises:
+        ValueError: ``config_cls`` is not an ``ObjectiveConfig`` dataclass.
+    """
+    _check_config_cls(name, config_cls, ObjectiveConfig)
     ELBO_BUILDERS[name] = builder
+    OBJECTIVE_CONFIGS[name] = config_cls
 
 
-def build_vae(config: dict, event_shape: Sequence[int]):
+def as_run_config(config: Any) -> RunConfig:
+    """A :class:`RunConfig` from a ``RunConfig`` or a flat mapping (non-strict: keys of
+    other models / objectives are ignored at their defaults).
+
+    Raises:
+        ConfigError: invalid values, or a non-default value that would be ignored.
+    """
+    if isinstance(config, RunConfig):
+        return config
+    if isinstance(config, Mapping):
+        return RunConfig.from_dict(config, strict=False)
+    raise TypeError(f"expected a RunConfig or a mapping, got {type(config).__name__}")
+
+
+def _model_config(config: Any, cls: type) -> Any:
+    """``config`` as a ``cls`` instance (a RunConfig's model, or a mapping resolved as a
+    run of this model, so data-dependent defaults apply)."""
+    if isinstance(config, cls):
+        return config
+    if isinstance(config, Mapping):
+        config = RunConfig.from_dict({**config, "model": cls.name}, strict=False)
+    if isinstance(config, RunConfig) and isinstance(config.model, cls):
+        return config.model
+    raise TypeError(f"expected a {cls.__name__}, a RunConfig of model {cls.name!r} or a "
+                    f"mapping, got {type(config).__name__}")
+
+
+def build_vae(config: VAEConfig | Mapping, event_shape: Sequence[int]):
     """VAE with an MLP (``network="mlp"``: ``num_hidden`` tanh layers of ``hidden_dim``,
     the IWAE paper's one-stochastic-layer net with 2 x 200 and z_dim 50) or a small conv
-    net (``network="conv"``)."""
-    z_dim = int(config["z_dim"])
-    lik = make_likelihood(config.get("likelihood", "bernoulli"))
-    hidden = [int(config.get("hidden_dim", 200))] * int(config.get("num_hidden", 2))
-    act = config.get("activation", "tanh")
+    net (``network="conv"``).
+
+    Args:
+        config: a :class:`~lvm_pyro.training.config.VAEConfig` (or a flat mapping).
+        event_shape: (C, H, W) of one example.
+    """
+    cfg = _model_config(config, VAEConfig)
+    z_dim = cfg.z_dim
+    lik = make_likelihood(cfg.likelihood)
+    hidden = [cfg.hidden_dim] * cfg.num_hidden
+    act = cfg.activation
     event_shape = tuple(event_shape)
-    if config.get("network", "mlp") == "conv":
+    if cfg.network == "conv":
         enc = ConvEncoder(event_shape, (2, z_dim), hidden_dim=hidden[0] if hidden else 256)
         dec = ConvDecoder(z_dim, (lik.num_params, *event_shape), hidden_dim=hidden[0] if hidden else 256)
     else:
@@ -51,51 +125,51 @@ def build_vae(config: dict, event_shape: Sequence[int]):
     return VAEModel(dec, z_dim, event_shape, lik), AmortizedNormalGuide(enc, z_dim)
 
 
-register_model("vae", build_vae)
+register_model("vae", build_vae, VAEConfig)
 
 # -- per-model Trainer callbacks and extra test metrics (VQ-VAE registers both) ---------
 CALLBACK_BUILDERS: dict[str, Callable[[dict, Any, Any], list]] = {}
 METRIC_BUILDERS: dict[str, Callable[[dict, Any, Any, Any], dict]] = {}
 
 
-def build_callbacks(config: dict, model, guide) -> list:
-    """Trainer callbacks ``cb(trainer, metrics) -> dict | None`` registered for
-    ``config["model"]`` (a returned dict is merged into that epoch's history)."""
-    fn = CALLBACK_BUILDERS.get(config.get("model", "vae"))
+def build_callbacks(config: RunConfig | Mapping, model, guide) -> list:
+    """Trainer callbacks ``cb(trainer, metrics) -> dict | None`` registered for the run's
+    model (a returned dict is merged into that epoch's history)."""
+    config = as_run_config(config)
+    fn = CALLBACK_BUILDERS.get(config.model_name)
     return [] if fn is None else list(fn(config, model, guide))
 
 
-def build_metrics(config: dict, model, guide, x) -> dict:
-    """Extra test metrics registered for ``config["model"]`` on test data x ({} if none)."""
-    fn = METRIC_BUILDERS.get(config.get("model", "vae"))
+def build_metrics(config: RunConfig | Mapping, model, guide, x) -> dict:
+    """Extra test metrics registered for the run's model on test data x ({} if none)."""
+    config = as_run_config(config)
+    fn = METRIC_BUILDERS.get(config.model_name)
     return {} if fn is None else dict(fn(config, model, guide, x))
 
 
-def build_vqvae(config: dict, event_shape: Sequence[int]):
+def build_vqvae(config: VQVAEConfig | Mapping, event_shape: Sequence[int]):
     """VQ-VAE (van den Oord et al. 2017) with the conv encoder / decoder of
     :mod:`lvm_pyro.nn.vq_conv` (``channels`` wide, latent grid H/4 x W/4), a
     :class:`~lvm_pyro.nn.VectorQuantizer` shared by model and guide (``codebook_size``,
     ``embedding_dim``, ``commitment_weight``, ``decay``: 0 learns the codebook by its
     loss, ``dead_code_threshold``) and the likelihood ``likelihood`` (default
-    ``discretized_logistic`` with ``num_mixtures`` components; levels from ``num_levels``
-    or the data set: 17 for digits, else 256)."""
+    ``discretized_logistic`` with ``num_mixtures`` components over ``num_levels`` levels,
+    the data set's by default: 17 for digits, else 256); every default is
+    :class:`~lvm_pyro.training.config.VQVAEConfig`'s."""
     from ..guides import VQEncoderGuide
     from ..models import VQVAEModel
     from ..nn import VectorQuantizer, VQConvDecoder, VQConvEncoder
 
+    cfg = _model_config(config, VQVAEConfig)
     c, h, w = tuple(event_shape)
-    name = config.get("likelihood", "discretized_logistic")
     kwargs = {}
-    if name == "discretized_logistic":
-        levels = config.get("num_levels") or (17 if config.get("data") == "digits" else 256)
-        kwargs = {"num_mixtures": int(config.get("num_mixtures", 1)), "num_levels": int(levels)}
-    lik = make_likelihood(name, **kwargs)
-    d, ch = int(config.get("embedding_dim", 16)), int(config.get("channels", 64))
-    decay = float(config.get("decay", 0.99))
-    quantizer = VectorQuantizer(int(config.get("codebook_size", 512)), d,
-                                commitment_weight=float(config.get("commitment_weight", 0.25)),
-                                decay=decay if decay > 0 else None,
-                                dead_code_threshold=float(config.get("dead_code_threshold", 0.0)))
+    if cfg.likelihood == "discretized_logistic":
+        kwargs = {"num_mixtures": cfg.num_mixtures, "num_levels": cfg.num_levels}
+    lik = make_likelihood(cfg.likelihood, **kwargs)
+    d, ch = cfg.embedding_dim, cfg.channels
+    quantizer = VectorQuantizer(cfg.codebook_size, d, commitment_weight=cfg.commitment_weight,
+                                decay=cfg.decay if cfg.decay > 0 else None,
+                                dead_code_threshold=cfg.dead_code_threshold)
     enc = VQConvEncoder(c, d, channels=ch, res_channels=max(1, ch // 2))
     dec = VQConvDecoder(d, (lik.num_params, c, h, w), channels=ch, res_channels=max(1, ch // 2))
     return (VQVAEModel(dec, quantizer, (h // 4, w // 4), (c, h, w), lik),
@@ -114,12 +188,13 @@ def _vqvae_callbacks(config: dict, model, guide) -> list:
     return [codebook_usage]
 
 
-def _vqvae_metrics(config: dict, model, guide, x, batch_size: int = 100) -> dict:
+def _vqvae_metrics(config: RunConfig, model, guide, x, batch_size: int = 100) -> dict:
     import math
 
     import torch
 
     from ..nn import codebook_usage
+    from .run import test_bits_offset
 
     rec, codes = [], []
     with torch.no_grad():
@@ -127,142 +202,118 @@ def _vqvae_metrics(config: dict, model, guide, x, batch_size: int = 100) -> dict
             out = guide.encode(x[start:start + batch_size])
             rec.append(model.reconstruction_log_prob(x[start:start + batch_size], out.quantized))
             codes.append(out.indices)
-    rec_nll = -torch.cat(rec).double()
+    r = nll_report(torch.cat(rec), test_bits_offset(config, x))
     usage = codebook_usage(torch.cat(codes), model.codebook_size)
-    dims = math.prod(x.shape[1:])
-    return {"test_reconstruction_nll": float(rec_nll.mean()),
-            "test_reconstruction_nll_se": float(rec_nll.std() / math.sqrt(len(rec_nll))),
-            "test_reconstruction_bits_per_dim": float(rec_nll.mean()) / (dims * math.log(2)),
+    return {"test_reconstruction_nll": r.nll, "test_reconstruction_nll_se": r.nll_se,
+            "test_reconstruction_bits_per_dim": r.bits_per_dim,
             "codes_prior_nats": model.num_codes * math.log(model.codebook_size),
             "test_perplexity": usage.perplexity, "test_dead_codes": usage.dead_codes,
             "codebook_size": model.codebook_size, "code_grid": list(model.latent_shape)}
 
 
-register_model("vqvae", build_vqvae)
+register_model("vqvae", build_vqvae, VQVAEConfig)
 CALLBACK_BUILDERS["vqvae"] = _vqvae_callbacks
 METRIC_BUILDERS["vqvae"] = _vqvae_metrics
-register_elbo("trace", lambda c: Trace_ELBO(num_particles=int(c.get("num_particles", 1)),
-                                            vectorize_particles=int(c.get("num_particles", 1)) > 1,
-                                            max_plate_nesting=1))
+register_elbo("trace", lambda c: Trace_ELBO(num_particles=c.num_particles,
+                                            vectorize_particles=c.num_particles > 1,
+                                            max_plate_nesting=1), TraceConfig)
 register_elbo("meanfield", lambda c: TraceMeanField_ELBO(
-    num_particles=int(c.get("num_particles", 1)),
-    vectorize_particles=int(c.get("num_particles", 1)) > 1, max_plate_nesting=1))
-register_elbo("iwae", lambda c: IWAE_ELBO(num_particles=int(c.get("num_particles", 1)),
-                                          gradient=c.get("gradient", "standard")))
+    num_particles=c.num_particles, vectorize_particles=c.num_particles > 1,
+    max_plate_nesting=1), MeanFieldConfig)
+register_elbo("iwae", lambda c: IWAE_ELBO(num_particles=c.num_particles, gradient=c.gradient),
+              IWAEConfig)
 
 
 # -- sigmoid belief net, score-function objectives, KL weighting (issue 4) ---------------
-def build_sbn(config: dict, event_shape: Sequence[int]):
+def build_sbn(config: SBNConfig | Mapping, event_shape: Sequence[int]):
     """Sigmoid belief net (:class:`~lvm_pyro.models.SigmoidBeliefNetModel`) with
     ``num_stochastic_layers`` Bernoulli layers of ``z_dim`` units and a Bernoulli encoder
     guide; every conditional is an MLP with ``num_hidden`` tanh layers of ``hidden_dim``
-    (``num_hidden=0``: the classic linear SBN). With ``elbo="tracegraph"`` the guide
-    declares NVIL input-dependent baselines (an MLP with one hidden layer of 100)."""
+    (``num_hidden=0``: the classic linear SBN). With ``baselines`` (the default with the
+    tracegraph objective) the guide declares NVIL input-dependent baselines (an MLP with
+    one hidden layer of 100)."""
     from ..guides import InputBaseline, SigmoidBeliefNetGuide
     from ..models import SigmoidBeliefNetModel
 
+    cfg = _model_config(config, SBNConfig)
     event_shape = tuple(event_shape)
-    z_dim, layers = int(config["z_dim"]), int(config.get("num_stochastic_layers", 1))
-    if layers < 1:
-        raise ValueError(f"num_stochastic_layers must be >= 1, got {layers}")
-    hidden = [int(config.get("hidden_dim", 200))] * int(config.get("num_hidden", 0))
-    act = config.get("activation", "tanh")
+    z_dim, layers = cfg.z_dim, cfg.num_stochastic_layers
+    hidden = [cfg.hidden_dim] * cfg.num_hidden
+    act = cfg.activation
     dims = [z_dim] * layers
     dec = MLP((z_dim,), hidden, (1, *event_shape), activation=act)
     between = [MLP((z_dim,), hidden, (z_dim,), activation=act) for _ in range(layers - 1)]
     encoders = [MLP(event_shape, hidden, (z_dim,), activation=act)]
     encoders += [MLP((z_dim,), hidden, (z_dim,), activation=act) for _ in range(layers - 1)]
     baselines = None
-    if config.get("elbo") == "tracegraph":
+    if cfg.baselines:
         baselines = [InputBaseline(event_shape, (100,)) for _ in range(layers)]
     return (SigmoidBeliefNetModel(dec, dims, event_shape, between),
             SigmoidBeliefNetGuide(encoders, dims, baselines))
 
 
-def _build_vimco(c: dict):
+def _build_vimco(c: VIMCOConfig):
     from ..inference import VIMCO
 
-    k = int(c.get("num_particles", 1))
-    if k < 2:
-        raise ValueError(f"--elbo vimco needs --num-particles K >= 2 (leave-one-out baselines), "
-                         f"got {k}")
-    return VIMCO(num_particles=k, max_plate_nesting=1)
+    return VIMCO(num_particles=c.num_particles, max_plate_nesting=1)
 
 
-def _build_tracegraph(c: dict):
+def _build_tracegraph(c: TraceGraphConfig):
     from pyro.infer import TraceGraph_ELBO
 
     # particles unvectorised: guide-declared baselines have the data plate's shape (batch,)
-    return TraceGraph_ELBO(num_particles=int(c.get("num_particles", 1)),
-                           vectorize_particles=False, max_plate_nesting=1)
+    return TraceGraph_ELBO(num_particles=c.num_particles, vectorize_particles=False,
+                           max_plate_nesting=1)
 
 
-register_model("sbn", build_sbn)
-register_elbo("vimco", _build_vimco)
-register_elbo("tracegraph", _build_tracegraph)
+register_model("sbn", build_sbn, SBNConfig)
+register_elbo("vimco", _build_vimco, VIMCOConfig)
+register_elbo("tracegraph", _build_tracegraph, TraceGraphConfig)
+
+__all__ += ["build_sbn"]
 
 
-def apply_kl_weighting(elbo: ELBO, config: dict) -> ELBO:
-    """Wrap ``elbo`` with the run's KL weighting: ``free_bits`` lambda > 0 replaces a
-    ``trace`` / ``meanfield`` objective by :class:`~lvm_pyro.inference.FreeBits_ELBO`;
-    ``beta`` != 1 or ``kl_warmup`` T > 0 (optimiser steps) wraps it in
-    :class:`~lvm_pyro.inference.KLWeighted_ELBO` (beta_t = beta * min(1, t / T)).
-    The defaults (1, 0, 0) return ``elbo`` unchanged.
+def build_model(config: RunConfig | Mapping, event_shape: Sequence[int]):
+    """(model, guide) for the run's model.
+
+    Args:
+        config: a :class:`RunConfig` or a flat mapping (``"model"`` names it, default
+            ``"vae"``).
+        event_shape: (C, H, W) of one example.
 
     Raises:
-        ValueError: free bits with another objective, or beta / warm-up with an
-            importance-weighted one (IWAE, VIMCO), whose bound has no KL term to weigh.
+        ConfigError: unknown model name (lists the registered ones) or invalid fields.
     """
-    from pyro.infer import TraceEnum_ELBO, TraceGraph_ELBO
+    config = as_run_config(config)
+    return MODEL_BUILDERS[config.model_name](config.model, event_shape)
 
+
+def build_objective(config: RunConfig | ObjectiveConfig | Mapping) -> ELBO:
+    """The run's training objective, built in one place: the registered objective for the
+    objective config, then its KL weighting. Free bits lambda > 0 (Kingma et al. 2016,
+    eq. 15) replaces a trace / meanfield objective by
+    :class:`~lvm_pyro.inference.FreeBits_ELBO`; beta != 1 or a warm-up of T > 0 optimiser
+    steps wraps it in :class:`~lvm_pyro.inference.KLWeighted_ELBO` (beta_t =
+    beta * min(1, t / T), Bowman et al. 2015). The defaults (1, 0, 0) return the plain
+    objective. Importance-weighted objectives (IWAE, VIMCO) have no KL term: their
+    configs have no such fields.
+
+    Raises:
+        ConfigError: unknown objective name or invalid fields.
+    """
     from ..inference import FreeBits_ELBO, KLWeighted_ELBO
 
-    name = config.get("elbo", "trace")
-    beta = float(config.get("beta", 1.0))
-    warmup = int(config.get("kl_warmup", 0) or 0)
-    free_bits = float(config.get("free_bits", 0.0) or 0.0)
+    obj = config if isinstance(config, ObjectiveConfig) else as_run_config(config).objective
+    elbo = ELBO_BUILDERS[type(obj).name](obj)
+    free_bits = getattr(obj, "free_bits", 0.0)
+    beta, warmup = getattr(obj, "beta", 1.0), getattr(obj, "kl_warmup", 0)
     if free_bits > 0:
-        if name not in ("trace", "meanfield"):
-            raise ValueError(f"--free-bits works with --elbo trace or meanfield (pathwise "
-                             f"gradients), not {name!r}")
-        elbo = FreeBits_ELBO(free_bits, num_particles=int(config.get("num_particles", 1)),
-                             max_plate_nesting=1)
+        elbo = FreeBits_ELBO(free_bits, num_particles=obj.num_particles, max_plate_nesting=1)
     if beta != 1.0 or warmup > 0:
-        if not isinstance(elbo, (Trace_ELBO, TraceGraph_ELBO, TraceEnum_ELBO, FreeBits_ELBO)):
-            raise ValueError(f"--beta / --kl-warmup weigh the KL term of an ELBO (--elbo trace, "
-                             f"meanfield or tracegraph); {name!r} is an importance-weighted bound "
-                             "with no KL term to weigh")
+        # schedule: KLWeighted_ELBO(elbo, beta=beta, schedule=LinearWarmup(beta, warmup))
         elbo = KLWeighted_ELBO(elbo, beta=beta, kl_warmup_steps=warmup)
     return elbo
 
 
-__all__ += ["build_sbn", "apply_kl_weighting"]
-
-
-def build_model(config: dict, event_shape: Sequence[int]):
-    """(model, guide) for ``config["model"]``.
-
-    Raises:
-        ValueError: unknown model name (lists the registered ones).
-    """
-    name = config.get("model", "vae")
-    if name not in MODEL_BUILDERS:
-        raise ValueError(f"unknown model {name!r}; registered: {sorted(MODEL_BUILDERS)}")
-    return MODEL_BUILDERS[name](config, event_shape)
-
-
-def build_elbo(config: dict) -> ELBO:
-    """The objective for ``config["elbo"]``.
-
-    Raises:
-        ValueError: unknown objective name (lists the registered ones); a ``gradient``
-            other than ``"standard"`` with an objective other than ``"iwae"`` (it would
-            be silently ignored).
-    """
-    name = config.get("elbo", "trace")
-    if name not in ELBO_BUILDERS:
-        raise ValueError(f"unknown elbo {name!r}; registered: {sorted(ELBO_BUILDERS)}")
-    if config.get("gradient", "standard") != "standard" and name != "iwae":
-        raise ValueError(f"--gradient {config['gradient']} applies to --elbo iwae only "
-                         f"(got --elbo {name}); drop it or use --elbo iwae")
-    return apply_kl_weighting(ELBO_BUILDERS[name](config), config)
+#: the name the notebooks and earlier code use
+build_elbo = build_objective

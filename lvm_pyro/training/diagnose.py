@@ -12,15 +12,19 @@ Loads the run (:func:`lvm_pyro.training.load_run`) and its test split
 4. simulation-based calibration (``--sbc-simulations`` simulations).
 
 Writes ``diagnostics.json`` and ``diag_khat.png``, ``diag_kl.png``, ``diag_nuts.png``,
-``diag_sbc.png`` into the run directory (or ``--out``). A section that does not apply to
-the model (e.g. NUTS on discrete codes) is recorded as ``{"skipped": reason}``.
+``diag_sbc.png`` into the run directory (or ``out``). A section that does not apply to
+the model (a :class:`~lvm_pyro.diagnostics.NotApplicableError`, e.g. NUTS on discrete
+codes) or that was not asked for (0 points / simulations) is recorded as
+``{"skipped": reason}``; any other error stops the run before anything is written, so a
+complete ``diagnostics.json`` is never replaced by a partial one.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -29,7 +33,7 @@ import numpy as np
 import pyro
 import torch
 
-__all__ = ["diagnose_run", "add_arguments", "run", "DIAGNOSTICS_FILE"]
+__all__ = ["diagnose_run", "resolve_latent", "DIAGNOSTICS_FILE"]
 
 DIAGNOSTICS_FILE = "diagnostics.json"
 
@@ -51,6 +55,10 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+class _NotRequested(Exception):
+    """A section switched off by its settings (0 points / simulations)."""
+
+
 def _select_by_khat(khat: torch.Tensor, n: int) -> list[int]:
     """n indices spanning the k-hat range: the worst, evenly spaced quantiles, the best."""
     order = torch.argsort(torch.nan_to_num(khat, neginf=-1e9), descending=True)
@@ -60,12 +68,43 @@ def _select_by_khat(khat: torch.Tensor, n: int) -> list[int]:
     return [int(order[p]) for p in pos]
 
 
+def resolve_latent(guide, x, latent: Optional[str] = None) -> str:
+    """The latent site to diagnose: ``latent`` when the guide samples it; by default the
+    first of the site vocabulary's latents (``"z"``, then ``"codes"``) the guide has, else
+    its only latent site.
+
+    Raises:
+        ValueError: the guide has no site ``latent`` (the message lists its latent
+            sites), or no default can be chosen.
+    """
+    import pyro.poutine as poutine
+    from pyro.poutine.util import site_is_subsample
+
+    from ..sites import CODES, LATENT, program_kwargs
+
+    with torch.no_grad(), poutine.block():
+        tr = poutine.trace(guide).get_trace(x, **program_kwargs(guide))
+    sites = [n for n, s in tr.nodes.items() if s["type"] == "sample" and not s["is_observed"]
+             and not site_is_subsample(s)]
+    if latent is not None:
+        if latent not in sites:
+            raise ValueError(f"the guide has no latent site {latent!r}; its latent sites: {sites}")
+        return latent
+    for name in (LATENT, CODES):
+        if name in sites:
+            return name
+    if len(sites) == 1:
+        return sites[0]
+    raise ValueError(f"the guide has latent sites {sites}; name the one to diagnose")
+
+
 def diagnose_run(run_dir: str | Path, *, out: Optional[str | Path] = None, num_test: int = 1000,
                  num_samples: int = 1000, num_mi_points: int = 2000,
                  num_au_points: Optional[int] = None, nuts_points: int = 4,
                  nuts_chains: int = 4, nuts_warmup: int = 300, nuts_samples: int = 300,
                  sbc_simulations: int = 1000, sbc_draws: int = 99, seed: int = 0,
-                 latent: str = "z", log=print) -> dict:
+                 latent: Optional[str] = None, log=print,
+                 data_root: Optional[str | Path] = None) -> dict:
     """Run every diagnostic on a run directory and write ``diagnostics.json`` and figures.
 
     Args:
@@ -81,35 +120,66 @@ def diagnose_run(run_dir: str | Path, *, out: Optional[str | Path] = None, num_t
         sbc_simulations: simulations of SBC (0: skip); sbc_draws: guide draws each
             (sbc_draws + 1 divisible by 10).
         seed: seeds Pyro's RNGs once at the start.
+        latent: the guide's latent site (default: :func:`resolve_latent`).
         log: callable for progress lines (``None``: silent).
+        data_root: override where the run's data are read from.
 
     Returns:
         the dict written to ``diagnostics.json`` (non-finite numbers as ``null``).
 
     Raises:
         CheckpointError: not a run directory (from :func:`load_run`).
+        ValueError: ``num_samples < 25``, an unknown latent site, or any error of a
+            diagnostic other than :class:`~lvm_pyro.diagnostics.NotApplicableError`;
+            nothing is written then.
     """
-    from .. import diagnostics as D
-    from ..diagnostics import plots
-    from .run import _versions, load_run, prepare_data
+    from .run import load_run, prepare_data
 
+    if num_samples < 25:
+        from .config import ConfigError
+        raise ConfigError("num_samples", f"must be >= 25 (the Pareto fit needs 5 tail draws), "
+                                         f"got {num_samples}")
     say = log or (lambda *a, **k: None)
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir
-    out.mkdir(parents=True, exist_ok=True)
-    model, guide, config, _ = load_run(run_dir)
+    model, guide, config, _ = load_run(run_dir, data_root=data_root)
     x_all = prepare_data(config, "test", config["device"])
+    latent = resolve_latent(guide, x_all[:2], latent)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".diagnose-", dir=out))  # figures land here first
+    try:
+        return _diagnose(model, guide, config, x_all, out, stage, run_dir=run_dir,
+                         num_test=num_test, num_samples=num_samples,
+                         num_mi_points=num_mi_points, num_au_points=num_au_points,
+                         nuts_points=nuts_points, nuts_chains=nuts_chains,
+                         nuts_warmup=nuts_warmup, nuts_samples=nuts_samples,
+                         sbc_simulations=sbc_simulations, sbc_draws=sbc_draws, seed=seed,
+                         latent=latent, say=say)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _diagnose(model, guide, config, x_all, out: Path, stage: Path, *, run_dir: Path,
+              num_test, num_samples, num_mi_points, num_au_points, nuts_points, nuts_chains,
+              nuts_warmup, nuts_samples, sbc_simulations, sbc_draws, seed, latent, say) -> dict:
+    from .. import diagnostics as D
+    from ..diagnostics import plots
+    from .run import _versions
+
     pyro.set_rng_seed(seed)
     result: dict[str, Any] = {"run_dir": str(run_dir), "config": config, "seed": seed,
+                              "latent": latent,
                               "versions": _versions(), "figures": {}, "seconds": {}}
 
     def section(name, fn):
         t0 = time.perf_counter()
         try:
             result[name] = fn()
-        except (ValueError, NotImplementedError) as e:
-            result[name] = {"skipped": f"{type(e).__name__}: {e}"}
+        except D.NotApplicableError as e:  # only a diagnostic that does not apply is skipped
+            result[name] = {"skipped": f"not applicable: {e}"}
             say(f"[{name}] skipped: {e}")
+        except _NotRequested as e:
+            result[name] = {"skipped": f"not requested ({e})"}
         result["seconds"][name] = time.perf_counter() - t0
 
     x = x_all[:num_test]
@@ -121,7 +191,7 @@ def diagnose_run(run_dir: str | Path, *, out: Optional[str | Path] = None, num_t
         s = d.summary()
         s["per_datapoint"] = {"khat": d.khat, "ess": d.ess, "log_marginal": d.log_marginal}
         s["nll_mean"] = -s["log_marginal_mean"]
-        plots.plot_khat_histogram(d.khat, d.num_samples, path=out / "diag_khat.png")
+        plots.plot_khat_histogram(d.khat, d.num_samples, path=stage / "diag_khat.png")
         result["figures"]["khat"] = "diag_khat.png"
         med = "-inf (exact)" if s["khat_median"] is None else f"{s['khat_median']:.3f}"
         say(f"[importance] {len(x)} test points, S={num_samples}: k-hat median "
@@ -135,7 +205,7 @@ def diagnose_run(run_dir: str | Path, *, out: Optional[str | Path] = None, num_t
         xa = x_all if num_au_points is None else x_all[:num_au_points]
         au = D.active_units(guide, xa, latent=latent)
         dec = D.kl_decomposition(model, guide, x_all[:num_mi_points], latent=latent)
-        plots.plot_kl_per_dimension(kl, active=au.active, path=out / "diag_kl.png")
+        plots.plot_kl_per_dimension(kl, active=au.active, path=stage / "diag_kl.png")
         result["figures"]["kl"] = "diag_kl.png"
         info = {
             "kl_per_dimension": kl.double().mean(0), "kl_total": float(kl.double().sum(-1).mean()),
@@ -151,7 +221,7 @@ def diagnose_run(run_dir: str | Path, *, out: Optional[str | Path] = None, num_t
 
     def nuts():
         if nuts_points <= 0:
-            raise ValueError("--nuts-points 0")
+            raise _NotRequested("nuts_points = 0")
         khat = state.get("khat")
         idx = (_select_by_khat(khat, nuts_points) if khat is not None
                else list(range(min(nuts_points, len(x)))))
@@ -162,7 +232,7 @@ def diagnose_run(run_dir: str | Path, *, out: Optional[str | Path] = None, num_t
         cmp = D.compare_to_reference(ref, model, guide, xs, latent=latent)
         labels = [f"test {i}" + ("" if khat is None else f", k-hat {float(khat[i]):.2f}")
                   for i in idx]
-        plots.plot_guide_vs_reference(ref, cmp, x=xs, labels=labels, path=out / "diag_nuts.png")
+        plots.plot_guide_vs_reference(ref, cmp, x=xs, labels=labels, path=stage / "diag_nuts.png")
         result["figures"]["nuts"] = "diag_nuts.png"
         per = []
         for j, i in enumerate(idx):
@@ -187,10 +257,10 @@ def diagnose_run(run_dir: str | Path, *, out: Optional[str | Path] = None, num_t
 
     def sbc():
         if sbc_simulations <= 0:
-            raise ValueError("--sbc-simulations 0")
+            raise _NotRequested("sbc_simulations = 0")
         res = D.simulation_based_calibration(model, guide, x_all[:sbc_simulations],
                                              num_draws=sbc_draws, latent=latent)
-        plots.plot_sbc_ranks(res, path=out / "diag_sbc.png")
+        plots.plot_sbc_ranks(res, path=stage / "diag_sbc.png")
         result["figures"]["sbc"] = "diag_sbc.png"
         rejected = int((res.pvalues < 0.01).sum())
         say(f"[sbc] {res.ranks.shape[0]} simulations x {sbc_draws} draws: combined p = "
@@ -204,44 +274,11 @@ def diagnose_run(run_dir: str | Path, *, out: Optional[str | Path] = None, num_t
     section("nuts", nuts)
     section("sbc", sbc)
     result = _clean(result)
+    for name in result["figures"].values():  # every section finished: publish the figures
+        (stage / name).replace(out / name)
     path = out / DIAGNOSTICS_FILE
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=1, allow_nan=False))
     tmp.replace(path)
     say(f"written: {path} and figures {sorted(result['figures'].values())}")
     return result
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of ``lvm-pyro diagnose`` (see :func:`diagnose_run`)."""
-    p.description = "posterior diagnostics of a trained run: PSIS k-hat, KL, MI, NUTS, SBC"
-    p.add_argument("run_dir", help="run directory written by `lvm-pyro fit`")
-    p.add_argument("--out", default=None, help="output directory (default: RUN_DIR)")
-    p.add_argument("--num-test", type=int, default=1000, help="test points for k-hat and KL")
-    p.add_argument("--num-samples", type=int, default=1000, help="guide draws per test point (>= 25)")
-    p.add_argument("--num-mi-points", type=int, default=2000,
-                   help="test points of the aggregate posterior for MI (MI <= log M)")
-    p.add_argument("--num-au-points", type=int, default=None,
-                   help="test points for active units (default: all)")
-    p.add_argument("--nuts-points", type=int, default=4, help="test points with NUTS (0: skip)")
-    p.add_argument("--nuts-chains", type=int, default=4)
-    p.add_argument("--nuts-warmup", type=int, default=300)
-    p.add_argument("--nuts-samples", type=int, default=300)
-    p.add_argument("--sbc-simulations", type=int, default=1000, help="0: skip SBC")
-    p.add_argument("--sbc-draws", type=int, default=99)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--latent", default="z", help="latent site name")
-
-
-def run(a: argparse.Namespace) -> int:
-    """Entry point of ``lvm-pyro diagnose``."""
-    if a.num_samples < 25:
-        raise ValueError(f"--num-samples must be >= 25 (the Pareto fit needs 5 tail draws), "
-                         f"got {a.num_samples}")
-    diagnose_run(a.run_dir, out=a.out, num_test=a.num_test, num_samples=a.num_samples,
-                 num_mi_points=a.num_mi_points, num_au_points=a.num_au_points,
-                 nuts_points=a.nuts_points, nuts_chains=a.nuts_chains,
-                 nuts_warmup=a.nuts_warmup, nuts_samples=a.nuts_samples,
-                 sbc_simulations=a.sbc_simulations, sbc_draws=a.sbc_draws, seed=a.seed,
-                 latent=a.latent)
-    return 0

@@ -21,6 +21,7 @@ prior (:class:`~lvm_pyro.models.pixelcnn_prior.CodesPrior`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -33,22 +34,18 @@ from pyro.infer import Trace_ELBO
 
 from ..guides.empty import EmptyGuide
 from ..inference import log_weights
+from ..inference.evaluation import nll_report
 from ..models.pixelcnn_prior import CodesPrior, GatedPixelCNNPrior
 from ..sites import CODES, OBS, program_kwargs
 from .checkpoint import CheckpointError, load_checkpoint
+from .config import PriorConfig
 from .loop import Trainer
 
-__all__ = ["PRIOR_CHECKPOINT", "PRIOR_METRICS", "PRIOR_DEFAULTS", "encode_codes",
-           "fit_prior", "load_prior", "prior_is_current", "decode_codes", "two_stage_bound", "save_prior_samples",
-           "add_fit_prior_arguments", "run_fit_prior_command"]
+__all__ = ["PRIOR_CHECKPOINT", "PRIOR_METRICS", "encode_codes",
+           "fit_prior", "load_prior", "prior_is_current", "decode_codes", "two_stage_bound",
+           "save_prior_samples"]
 
 PRIOR_CHECKPOINT, PRIOR_METRICS = "prior_checkpoint.pt", "prior_metrics.json"
-
-#: defaults of ``lvm-pyro fit-prior`` (a small prior that trains in minutes on 2 CPU cores)
-PRIOR_DEFAULTS: dict[str, Any] = {
-    "channels": 64, "num_layers": 6, "kernel_size": 3, "epochs": 10, "batch_size": 128,
-    "lr": 1e-3, "seed": 0,
-}
 
 
 @torch.no_grad()
@@ -144,62 +141,59 @@ def _num_codes(model: Callable, guide: Callable, x: torch.Tensor) -> int:
     return int(c.upper_bound) + 1
 
 
-def _bits_offset_nats(config: dict, num_dims: int) -> float:
-    """The offset of :func:`lvm_pyro.training.run.evaluate_run`: 0 for discrete
-    likelihoods or binarised data, D log 256 for a density on 8-bit data."""
-    from ..models.likelihoods import make_likelihood
-    discrete = make_likelihood(config.get("likelihood", "bernoulli")).discrete
-    return 0.0 if discrete or config.get("binarization") != "none" else num_dims * math.log(256)
-
-
 def _mean_se(t: torch.Tensor) -> tuple[float, float]:
     t = t.double()
     return float(t.mean()), float(t.std() / math.sqrt(len(t))) if len(t) > 1 else 0.0
 
 
-def fit_prior(run_dir: str | Path, *, channels: int = PRIOR_DEFAULTS["channels"],
-              num_layers: int = PRIOR_DEFAULTS["num_layers"],
-              kernel_size: int = PRIOR_DEFAULTS["kernel_size"],
-              epochs: int = PRIOR_DEFAULTS["epochs"], batch_size: int = PRIOR_DEFAULTS["batch_size"],
-              lr: float = PRIOR_DEFAULTS["lr"], seed: int = PRIOR_DEFAULTS["seed"],
+def fit_prior(run_dir: str | Path, config: Optional[PriorConfig] = None, *,
               num_train: Optional[int] = None, num_test: Optional[int] = None,
-              num_pictures: int = 64, resume: bool = False, progress: bool = True) -> dict:
+              num_pictures: int = 64, resume: bool = False, progress: bool = True,
+              data_root: Optional[str | Path] = None) -> dict:
     """Stage two: fit a :class:`GatedPixelCNNPrior` by maximum likelihood on the code
     grids the trained VQ-VAE guide assigns to the training set, then evaluate and draw.
 
     Args:
         run_dir: a finished VQ-VAE run directory (``lvm-pyro fit --model vqvae``).
-        channels, num_layers, kernel_size: the prior's network.
-        epochs, batch_size, lr, seed: Adam on -log p_prior(codes) (the generic Trainer,
-            with the prior as a Pyro program observing ``"codes"`` and an empty guide).
+        config: the prior's network (``channels``, ``num_layers``, ``kernel_size``) and
+            its fit (``epochs``, ``batch_size``, ``lr``, ``seed``): Adam on
+            -log p_prior(codes) by the generic Trainer, with the prior as a Pyro program
+            observing ``"codes"`` and an empty guide. Default :class:`PriorConfig()`.
         num_train, num_test: use the first N training / test points (all when None).
         num_pictures: prior samples drawn for ``prior_samples.png``.
         resume: continue from ``prior_checkpoint.pt``.
+        data_root: override where the run's data are read from.
 
     Returns:
         the metrics dict written to ``prior_metrics.json``: ``prior_nll`` (nats per code
         grid), ``prior_bits_per_code``, ``uniform_bits_per_code`` (log2 K),
         ``two_stage_nll`` / ``two_stage_bits_per_dim`` (-bound, nats per example /
-        bits per dim, with ``bits_per_dim_offset_nats``), ``uniform_prior_nll`` /
-        ``uniform_prior_bits_per_dim`` (the same with the VQ-VAE's uniform code prior),
-        ``reconstruction_nll`` (-log p(x | z_q)), standard errors (``*_se``), grid
-        shape, codebook size, training curve and timings.
+        bits per dim), ``uniform_prior_nll`` / ``uniform_prior_bits_per_dim`` (the same
+        with the VQ-VAE's uniform code prior: the bound ``evaluate`` reports as
+        ``test_nll``), ``reconstruction_nll`` (-log p(x | z_q)), standard errors
+        (``*_se``), grid shape, codebook size, training curve and timings. Every NLL in
+        nats per example includes the offset of
+        :func:`lvm_pyro.training.run.test_bits_offset` (``bits_per_dim_offset_nats``), as
+        ``evaluate``'s ``test_nll`` does; bits/dim are ``None`` where no offset exists.
 
     Raises:
         CheckpointError: not a run directory, or a corrupt checkpoint.
         ValueError: the run's guide / model has no ``"codes"`` site.
     """
-    from .run import _versions, _write_json, load_run, prepare_data
+    from .run import _versions, _write_json, load_run, prepare_data, test_bits_offset
 
+    config = PriorConfig() if config is None else config
+    channels, num_layers, kernel_size = config.channels, config.num_layers, config.kernel_size
+    epochs, batch_size, lr, seed = config.epochs, config.batch_size, config.lr, config.seed
     run_dir = Path(run_dir)
-    model, guide, config, _ = load_run(run_dir)
+    model, guide, run_config, _ = load_run(run_dir, data_root=data_root)
     for m in (model, guide):
         if isinstance(m, torch.nn.Module):
             m.eval()
-    device = torch.device(config["device"])
+    device = torch.device(run_config["device"])
     t0 = time.perf_counter()
-    x_train = prepare_data(config, "train", device)[:num_train]
-    x_test = prepare_data(config, "test", device)[:num_test]
+    x_train = prepare_data(run_config, "train", device)[:num_train]
+    x_test = prepare_data(run_config, "test", device)[:num_test]
     codes_train = encode_codes(guide, x_train)
     codes_test = encode_codes(guide, x_test)
     num_codes = _num_codes(model, guide, x_test[:2])
@@ -236,32 +230,32 @@ def fit_prior(run_dir: str | Path, *, channels: int = PRIOR_DEFAULTS["channels"]
     with torch.no_grad():
         uniform = torch.cat([log_weights(model, guide, x_test[s:s + 500], 1).log_w[0]
                              for s in range(0, len(x_test), 500)])
-    num_dims = int(math.prod(x_test.shape[1:]))
-    offset = _bits_offset_nats(config, num_dims)
-    to_bpd = lambda nll: (nll + offset) / (num_dims * math.log(2))  # noqa: E731
+    offset = test_bits_offset(run_config, x_test)
+    num_dims = offset.num_dims
     prior_nll, prior_nll_se = _mean_se(-lp)
-    ts_nll, ts_se = _mean_se(-bound)
-    un_nll, un_se = _mean_se(-uniform)
-    rec_nll, rec_se = _mean_se(-(uniform + num_grid * math.log(num_codes)))
+    ts, un = nll_report(bound, offset), nll_report(uniform, offset)
+    rec = nll_report(uniform + num_grid * math.log(num_codes), offset)
     metrics = {
         "prior_nll": prior_nll, "prior_nll_se": prior_nll_se,
         "prior_bits_per_code": prior_nll / (num_grid * math.log(2)),
         "prior_bits_per_code_se": prior_nll_se / (num_grid * math.log(2)),
         "uniform_bits_per_code": math.log2(num_codes),
-        "two_stage_nll": ts_nll, "two_stage_nll_se": ts_se,
-        "two_stage_bits_per_dim": to_bpd(ts_nll), "two_stage_bits_per_dim_se": ts_se / (num_dims * math.log(2)),
-        "uniform_prior_nll": un_nll, "uniform_prior_nll_se": un_se,
-        "uniform_prior_bits_per_dim": to_bpd(un_nll),
-        "reconstruction_nll": rec_nll, "reconstruction_nll_se": rec_se,
-        "reconstruction_bits_per_dim": to_bpd(rec_nll),
-        "bits_per_dim_offset_nats": offset, "num_dims": num_dims,
+        "two_stage_nll": ts.nll, "two_stage_nll_se": ts.nll_se,
+        "two_stage_bits_per_dim": ts.bits_per_dim, "two_stage_bits_per_dim_se": ts.bits_per_dim_se,
+        "uniform_prior_nll": un.nll, "uniform_prior_nll_se": un.nll_se,
+        "uniform_prior_bits_per_dim": un.bits_per_dim,
+        "reconstruction_nll": rec.nll, "reconstruction_nll_se": rec.nll_se,
+        "reconstruction_bits_per_dim": rec.bits_per_dim,
+        "bits_per_dim_offset_nats": offset.offset_nats, "nll_note": offset.note,
+        "num_dims": num_dims,
         "grid_shape": list(grid), "codebook_size": num_codes,
         "codes_used_train": int(torch.unique(codes_train).numel()),
         "num_train_points": len(codes_train), "num_test_points": len(codes_test),
         "prior": hyper, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+        "prior_config": dataclasses.asdict(config),
         "train_curve": history, "encode_seconds": encode_seconds, "train_seconds": train_seconds,
         "eval_seconds": time.perf_counter() - t2, "versions": _versions(),
-        "run_config": config,
+        "run_config": run_config,
     }
     _write_json(run_dir / PRIOR_METRICS, metrics)
     save_prior_samples(run_dir, model, guide, x_test[:max(num_pictures, 32)], prior=prior,
@@ -271,7 +265,8 @@ def fit_prior(run_dir: str | Path, *, channels: int = PRIOR_DEFAULTS["channels"]
 
 def save_prior_samples(run_dir: str | Path, model: Callable, guide: Callable,
                        x: torch.Tensor, *, prior: Optional[GatedPixelCNNPrior] = None,
-                       num_samples: int = 64, seed: int = 0) -> dict[str, Path]:
+                       num_samples: int = 64, seed: int = 0,
+                       out_dir: Optional[str | Path] = None) -> dict[str, Path]:
     """Write ``prior_samples.png`` (codes ~ the fitted prior, cached sampler, decoded by
     the model) and ``prior_vs_reconstructions.png`` (a 4x4 grid of decoded prior samples
     on the left, test originals above their reconstructions on the right) into ``run_dir``.
@@ -279,19 +274,21 @@ def save_prior_samples(run_dir: str | Path, model: Callable, guide: Callable,
     Args:
         x: (n, ...) test data, n >= 1, used for reconstructions and as the shape template.
         prior: the fitted prior (loaded from ``run_dir`` when None).
+        out_dir: where the pictures go (default ``run_dir``).
     """
     from torchvision.utils import make_grid, save_image
 
     from .pictures import reconstruct, save_grid
 
     run_dir = Path(run_dir)
+    out_dir = run_dir if out_dir is None else Path(out_dir)
     p = next(model.parameters()) if isinstance(model, torch.nn.Module) else x
     if prior is None:
         prior = load_prior(run_dir, str(p.device))
     codes = prior.sample(num_samples, generator=torch.Generator(device=p.device).manual_seed(seed))
     x_like = x[:1].expand(num_samples, *x.shape[1:])
     images = decode_codes(model, codes, x_like)
-    out = {"prior_samples": save_grid(images, run_dir / "prior_samples.png")}
+    out = {"prior_samples": save_grid(images, out_dir / "prior_samples.png")}
     # side by side: 4x4 prior samples | 8 test originals (odd rows) above reconstructions
     n = min(8, len(x))
     rec = reconstruct(model, guide, x[:n])
@@ -308,45 +305,7 @@ def save_prior_samples(run_dir: str | Path, model: Callable, guide: Callable,
     height = max(left.shape[1], right.shape[1])
     pad = lambda g: torch.nn.functional.pad(g, (0, 0, 0, height - g.shape[1]), value=1.0)  # noqa: E731
     gap = torch.ones(3, height, 8)
-    path = run_dir / "prior_vs_reconstructions.png"
+    path = out_dir / "prior_vs_reconstructions.png"
     save_image(torch.cat([pad(left), gap, pad(right)], dim=2), path)
     out["prior_vs_reconstructions"] = path
     return out
-
-
-# -- command line ------------------------------------------------------------------------
-def add_fit_prior_arguments(p) -> None:
-    """Arguments of ``lvm-pyro fit-prior RUN_DIR``."""
-    D = PRIOR_DEFAULTS
-    p.add_argument("run_dir", help="a VQ-VAE run directory (lvm-pyro fit --model vqvae)")
-    p.add_argument("--channels", type=int, default=D["channels"])
-    p.add_argument("--num-layers", type=int, default=D["num_layers"])
-    p.add_argument("--kernel-size", type=int, default=D["kernel_size"])
-    p.add_argument("--epochs", type=int, default=D["epochs"])
-    p.add_argument("--batch-size", type=int, default=D["batch_size"])
-    p.add_argument("--lr", type=float, default=D["lr"])
-    p.add_argument("--seed", type=int, default=D["seed"])
-    p.add_argument("--num-train", type=int, default=None, help="fit on the first N training points")
-    p.add_argument("--num-test", type=int, default=None, help="evaluate on the first N test points")
-    p.add_argument("--num-samples", type=int, default=64, help="prior samples in prior_samples.png")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
-
-
-def run_fit_prior_command(a) -> int:
-    """``lvm-pyro fit-prior``: fit, print the key figures and the files written."""
-    m = fit_prior(a.run_dir, channels=a.channels, num_layers=a.num_layers,
-                  kernel_size=a.kernel_size, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-                  seed=a.seed, num_train=a.num_train, num_test=a.num_test,
-                  num_pictures=a.num_samples, resume=a.resume, progress=not a.no_progress)
-    d = Path(a.run_dir)
-    print(f"prior NLL {m['prior_bits_per_code']:.4f} bits/code (uniform prior: "
-          f"{m['uniform_bits_per_code']:.4f}; {m['grid_shape'][0]}x{m['grid_shape'][1]} grid, "
-          f"K={m['codebook_size']}, {m['num_test_points']} test points)")
-    print(f"two-stage bound: {m['two_stage_bits_per_dim']:.4f} bits/dim "
-          f"({m['two_stage_nll']:.2f} nats/example; with the uniform code prior "
-          f"{m['uniform_prior_bits_per_dim']:.4f} bits/dim)")
-    print(f"pictures: {d / 'prior_samples.png'}, {d / 'prior_vs_reconstructions.png'}")
-    print(f"metrics: {d / PRIOR_METRICS}")
-    return 0
-

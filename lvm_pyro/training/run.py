@@ -7,12 +7,11 @@ A run directory holds ``config.json``, ``checkpoint.pt`` (see
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import time
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import pyro
 import pyro.poutine as poutine
@@ -20,36 +19,26 @@ import torch
 
 from ..data import Binarizer, binarize_test, dequantize_test, load_dataset
 from ..data.datasets import DATASET_LEVELS
-from ..inference import elbo_per_datapoint, log_marginal_likelihood, summarize_nll
-from .builders import build_callbacks, build_elbo, build_metrics, build_model
+from ..inference import elbo_per_datapoint, log_marginal_likelihood
+from ..inference.evaluation import BitsPerDimOffset, bits_per_dim_offset, nll_report
+from .builders import as_run_config, build_callbacks, build_metrics, build_model, build_objective
 from .checkpoint import CheckpointError, load_checkpoint, restore_params
+from .config import ConfigError, RunConfig
 from .loop import Trainer, adapt_program
 from .pictures import prior_samples, save_grid, save_loss_curve, save_reconstructions
 from .progress import progress_iter
+from .rundir import (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, prepare_run_dir, read_json,
+                     write_json)
 
 __all__ = ["Run", "load_run", "train_run", "evaluate_run", "sample_run", "prepare_data",
-           "DEFAULT_CONFIG"]
+           "test_bits_offset", "read_run_config"]
 
-CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE = "config.json", "checkpoint.pt", "metrics.json"
-
-DEFAULT_CONFIG: dict[str, Any] = {
-    "model": "vae", "data": "digits", "data_root": None, "z_dim": 10, "hidden_dim": 200,
-    "num_hidden": 2, "network": "mlp", "activation": "tanh", "likelihood": "bernoulli",
-    "elbo": "trace", "num_particles": 1, "batch_size": 100, "lr": 1e-3, "epochs": 60,
-    "seed": 0, "binarization": "dynamic", "device": "cpu",
-    "gradient": "standard",  # IWAE_ELBO's estimator (--elbo iwae): standard | dreg | stl
-    # VQ-VAE (lvm-pyro fit --model vqvae --likelihood discretized_logistic --binarization none)
-    "codebook_size": 512, "embedding_dim": 16, "commitment_weight": 0.25, "decay": 0.99,
-    "dead_code_threshold": 1.0, "num_mixtures": 1, "channels": 64,
-    # KL weighting (--beta, --kl-warmup optimiser steps, --free-bits nats per latent dim)
-    # and the sigmoid belief net's depth (--model sbn)
-    "beta": 1.0, "kl_warmup": 0, "free_bits": 0.0, "num_stochastic_layers": 1,
-}
+_write_json = write_json  # the name fit-prior and diagnose import
 
 
 class Run(NamedTuple):
     """A finished (or interrupted) run: ``model`` and ``guide`` with trained parameters,
-    its ``config`` dict and ``path``."""
+    its ``config`` (the flat dict of :meth:`RunConfig.to_dict`) and ``path``."""
 
     model: Any
     guide: Any
@@ -57,34 +46,52 @@ class Run(NamedTuple):
     path: Path
 
 
-def prepare_data(config: dict, split: str, device: torch.device | str = "cpu") -> torch.Tensor:
+def prepare_data(config: RunConfig | Mapping, split: str, device: torch.device | str = "cpu",
+                 *, with_source: bool = False):
     """The tensor a run trains / evaluates on: (N, C, H, W) float on ``device``. The test
     split is binarised (or, with ``binarization="dequantize"``, dequantised) once with
-    seed 0; training data stay intensities (the Trainer transforms them per epoch)."""
-    ds = load_dataset(config["data"], split, config.get("data_root"))
+    seed 0; training data stay intensities (the Trainer transforms them per epoch).
+    With ``with_source`` also the absolute path (or loader) the data came from.
+
+    Raises:
+        DatasetNotFoundError: see :func:`lvm_pyro.data.load_dataset`.
+    """
+    cfg = as_run_config(config)
+    ds = load_dataset(cfg.data.data, split, cfg.data.data_root)
     x = ds.images
-    mode = config.get("binarization", "dynamic")
+    mode = cfg.data.binarization
     if split == "test" and mode == "dequantize":
         x = dequantize_test(x, ds.levels, seed=0)
     elif split == "test" and mode != "none":
         x = binarize_test(x, seed=0)
-    return x.to(device)
+    x = x.to(device)
+    return (x, ds.source) if with_source else x
 
 
-def validate_config(config: dict) -> None:
-    """Check a run configuration before anything is written or trained.
+def test_bits_offset(config: RunConfig | Mapping, x: torch.Tensor) -> BitsPerDimOffset:
+    """The bits/dim offset of a run's test data x (N, ...): :func:`bits_per_dim_offset`
+    of the model's likelihood, the run's data transform and the data set's levels. A
+    model configuration without a ``likelihood`` field counts as discrete unless the data
+    are dequantised."""
+    from ..models.likelihoods import LIKELIHOODS
+
+    cfg = as_run_config(config)
+    mode = cfg.data.binarization
+    name = getattr(cfg.model, "likelihood", None)
+    discrete = (mode != "dequantize") if name is None else bool(LIKELIHOODS[name].discrete)
+    return bits_per_dim_offset(discrete, mode, DATASET_LEVELS[cfg.data.data],
+                               int(math.prod(x.shape[1:])))
+
+
+def validate_config(config: RunConfig) -> None:
+    """Check what the dataclasses cannot: that the device exists here.
 
     Raises:
-        ValueError: unknown device or CUDA requested without a GPU; bad epochs.
+        ConfigError: CUDA requested without a GPU.
     """
-    try:
-        device = torch.device(config["device"])
-    except RuntimeError as e:
-        raise ValueError(f"--device {config['device']!r} is not a torch device: use cpu or cuda") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda, but torch finds no CUDA device here; use --device cpu")
-    if int(config.get("epochs", 1)) < 0:
-        raise ValueError(f"epochs must be >= 0, got {config['epochs']}")
+    device = config.train.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device", f"is {device}, but torch finds no CUDA device here; use cpu")
 
 
 def _versions() -> dict:
@@ -97,96 +104,138 @@ def _versions() -> dict:
             "python": platform.python_version()}
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    tmp.replace(path)
+def read_run_config(run_dir: str | Path) -> tuple[RunConfig, dict]:
+    """The :class:`RunConfig` of ``run_dir/config.json`` and the file's record-only
+    entries (``data_source``).
+
+    Raises:
+        CheckpointError: no ``config.json``; RunFileError (a CheckpointError) when it is
+            not valid JSON, naming the file.
+        ConfigError: invalid values in it.
+    """
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.exists():
+        raise CheckpointError(f"{run_dir} has no {CONFIG_FILE}; is it a run directory made "
+                              "by `lvm-pyro fit --out DIR`?")
+    raw = read_json(path)
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} holds {type(raw).__name__}, not a configuration object")
+    return RunConfig.from_dict(raw, strict=False), {k: raw[k] for k in ("data_source",) if k in raw}
 
 
-def train_run(config: dict, out: str | Path, *, resume: bool = False, progress: bool = True,
-              num_samples: int = 1000, num_test: Optional[int] = None) -> dict:
+def train_run(config: RunConfig | Mapping, out: str | Path, *, resume: bool = False,
+              overwrite: bool = False, progress: bool = True, num_samples: int = 1000,
+              num_test: Optional[int] = None, log: Optional[Callable[[str], None]] = None) -> dict:
     """Train a model from ``config`` into run directory ``out``, then evaluate and draw.
 
     Args:
-        config: keys of :data:`DEFAULT_CONFIG` (missing ones take the defaults).
+        config: a :class:`RunConfig` (or a flat mapping of its fields; missing ones take
+            the dataclass defaults).
         out: run directory (created).
-        resume: continue from ``out/checkpoint.pt`` (exactly; the config must match).
+        resume: continue from ``out/checkpoint.pt`` (exactly; the configuration must
+            match except for ``epochs``). Without a checkpoint there, ``log`` says so and
+            the run starts fresh, identical to one started without ``resume``.
+        overwrite: replace a run already in ``out`` (its files are removed first).
         num_samples: K importance samples for the test NLL.
         num_test: evaluate on the first ``num_test`` test points (all when ``None``).
+        log: callable for notices (``None``: silent).
 
     Returns:
         the metrics dict also written to ``out/metrics.json``.
+
+    Raises:
+        RunExistsError: ``out`` holds a run and neither ``resume`` nor ``overwrite``.
+        CheckpointError: resuming with a different configuration.
+        ConfigError, ValueError: bad configuration or evaluation settings.
     """
-    config = {**DEFAULT_CONFIG, **config}
+    config = as_run_config(config)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg_path = out / CONFIG_FILE
-    if resume and cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
-        stable = {k: v for k, v in config.items() if k != "epochs"}
-        if {k: old.get(k) for k in stable} != stable:
-            diff = {k: (old.get(k), v) for k, v in stable.items() if old.get(k) != v}
-            raise CheckpointError(f"--resume with a different configuration (was vs now: {diff}); "
-                                  "use the original flags or a new --out directory")
     if num_samples < 1:
-        raise ValueError(f"--num-samples must be >= 1, got {num_samples}")
+        raise ConfigError("num_samples", f"must be >= 1, got {num_samples}")
     if num_test is not None and num_test < 1:
-        raise ValueError(f"--num-test must be >= 1, got {num_test}")
+        raise ConfigError("num_test", f"must be >= 1, got {num_test}")
     validate_config(config)
-    device = torch.device(config["device"])
+    prepare_run_dir(out, resume=resume, overwrite=overwrite)
+    cfg_path = out / CONFIG_FILE
+    if resume and not (out / CHECKPOINT_FILE).exists():
+        if log is not None:
+            log(f"no checkpoint in {out}: nothing to resume, starting a fresh run")
+        resume = False
+    if resume and cfg_path.exists():
+        old, _ = read_run_config(out)
+        moves = ("epochs", "data_root")  # more epochs, or the data found elsewhere
+        stable = {k: v for k, v in config.to_dict().items() if k not in moves}
+        was = {k: v for k, v in old.to_dict().items() if k not in moves}
+        if was != stable:
+            diff = {k: (was.get(k), stable.get(k)) for k in set(was) | set(stable)
+                    if was.get(k) != stable.get(k)}
+            raise CheckpointError(f"resuming with a different configuration (was vs now: {diff}); "
+                                  "resume with the original configuration or train into a new "
+                                  "run directory")
+    device = torch.device(config.train.device)
     t0 = time.perf_counter()
-    x_train = prepare_data(config, "train", device)
+    x_train, source = prepare_data(config, "train", device, with_source=True)
     pyro.clear_param_store()
-    pyro.set_rng_seed(config["seed"])
+    pyro.set_rng_seed(config.train.seed)
     model, guide = build_model(config, x_train.shape[1:])
-    elbo = build_elbo(config)
-    _write_json(cfg_path, config)  # only once the run is known to be buildable
+    elbo = build_objective(config)
+    flat = config.to_dict()
+    write_json(cfg_path, {**flat, "data_source": source})  # once the run is known to be buildable
     if isinstance(model, torch.nn.Module):
         model.to(device)
     if isinstance(guide, torch.nn.Module):
         guide.to(device)
-    levels = DATASET_LEVELS[config["data"]]
-    trainer = Trainer(model, guide, elbo, lr=config["lr"],
-                      batch_size=config["batch_size"], seed=config["seed"],
-                      binarization=Binarizer(config["binarization"], config["seed"] + 1, levels),
+    levels = DATASET_LEVELS[config.data.data]
+    seed = config.train.seed
+    trainer = Trainer(model, guide, elbo, lr=config.train.lr,
+                      batch_size=config.train.batch_size, seed=seed,
+                      binarization=Binarizer(config.data.binarization, seed + 1, levels),
                       checkpoint_path=out / CHECKPOINT_FILE,
-                      config={k: v for k, v in config.items() if k != "epochs"},
+                      config={k: v for k, v in flat.items() if k not in ("epochs", "data_root")},
                       progress=progress, callbacks=build_callbacks(config, model, guide))
     if hasattr(trainer.elbo, "step_source"):  # KL warm-up reads the trainer's step (exact on resume)
         trainer.elbo.step_source = lambda: trainer.step
-    history = trainer.fit(x_train, config["epochs"], resume=resume)
+    history = trainer.fit(x_train, config.train.epochs, resume=resume)
     train_seconds = time.perf_counter() - t0
     save_loss_curve(history, out / "loss_curve.png")
     metrics = evaluate_run(out, num_samples=num_samples, num_test=num_test,
                            model=model, guide=guide, config=config, progress=progress)
     metrics.update({"train_curve": history, "train_seconds": train_seconds})
-    _write_json(out / METRICS_FILE, metrics)
+    write_json(out / METRICS_FILE, metrics)
     sample_run(out, model=model, guide=guide, config=config)
     return metrics
 
 
-def load_run(run_dir: str | Path, device: Optional[str] = None) -> Run:
+def load_run(run_dir: str | Path, device: Optional[str] = None,
+             data_root: Optional[str | Path] = None) -> Run:
     """Rebuild the model and guide of a run directory with its trained parameters.
 
+    Args:
+        run_dir: a directory made by :func:`train_run`.
+        device: override the run's device.
+        data_root: override where the run's data are read from (absolute path recorded
+            in the returned config).
+
     Raises:
-        CheckpointError: missing config or checkpoint, corrupt file, or a checkpoint that
-            does not match the configuration's architecture.
+        CheckpointError: missing or unreadable config (the message names the file) or
+            checkpoint, or a checkpoint that does not match the configuration's
+            architecture.
+        ConfigError: ``data_root`` with the bundled digits.
     """
     run_dir = Path(run_dir)
-    cfg_path = run_dir / CONFIG_FILE
-    if not cfg_path.exists():
-        raise CheckpointError(f"{run_dir} has no {CONFIG_FILE}; is it a run directory made "
-                              "by `lvm-pyro fit --out DIR`?")
-    config = {**DEFAULT_CONFIG, **json.loads(cfg_path.read_text())}
+    cfg, _ = read_run_config(run_dir)
     if device is not None:
-        config["device"] = device
+        cfg = cfg.replace(device=device)
+    if data_root is not None:
+        cfg = cfg.replace(data_root=str(data_root))
+    config = cfg.to_dict()
     payload = load_checkpoint(run_dir / CHECKPOINT_FILE, map_location=config["device"])
-    ds = load_dataset(config["data"], "test", config.get("data_root"))
+    ds = load_dataset(cfg.data.data, "test", cfg.data.data_root)
     x = ds.images[:2].to(config["device"])
-    if config.get("binarization", "dynamic") != "none":
+    if cfg.data.binarization not in ("none", "dequantize"):
         x = binarize_test(x)
     pyro.clear_param_store()
-    model, guide = build_model(config, x.shape[1:])
+    model, guide = build_model(cfg, x.shape[1:])
     modules = {}
     for k, m in (("model", model), ("guide", guide)):
         if isinstance(m, torch.nn.Module):
@@ -201,23 +250,29 @@ def load_run(run_dir: str | Path, device: Optional[str] = None) -> Run:
 
 def evaluate_run(run_dir: str | Path, *, num_samples: int = 1000, num_test: Optional[int] = None,
                  batch_size: int = 100, model=None, guide=None, config=None,
-                 progress: bool = False) -> dict:
+                 progress: bool = False, data_root: Optional[str | Path] = None) -> dict:
     """Test ELBO and importance-sampled test NLL of a run.
 
     Returns a dict with ``test_elbo`` (mean per-datapoint ELBO, nats, one sample per
-    point), ``test_nll`` (mean -log p(x), nats per example, ``num_samples`` importance
-    samples with the guide as proposal), ``test_nll_se`` (standard error over test
-    points), ``test_bits_per_dim``, ``bits_per_dim_offset_nats`` (0 for discrete
-    likelihoods; D log 256 for continuous ones on 8-bit data), ``num_test_points``,
-    ``num_importance_samples``, ``num_seeds`` (1) and ``versions``.
+    point), ``test_nll`` (mean -log p(x) plus the offset of :func:`test_bits_offset`,
+    nats per example, ``num_samples`` importance samples with the guide as proposal),
+    ``test_nll_se`` (standard error over test points), ``test_bits_per_dim`` (``None``
+    when the NLL bounds no discrete code length), ``test_nll_density`` (without the
+    offset, continuous likelihoods), ``bits_per_dim_offset_nats``, ``nll_note``,
+    ``num_test_points``, ``num_importance_samples``, ``num_seeds`` (1) and ``versions``.
+
+    Raises:
+        ValueError: ``num_samples < 1`` or ``num_test < 1``.
+        CheckpointError: see :func:`load_run`.
     """
     if num_samples < 1:
-        raise ValueError(f"--num-samples must be >= 1, got {num_samples}")
+        raise ConfigError("num_samples", f"must be >= 1, got {num_samples}")
     if num_test is not None and num_test < 1:
-        raise ValueError(f"--num-test must be >= 1, got {num_test}")
+        raise ConfigError("num_test", f"must be >= 1, got {num_test}")
     if model is None:
-        model, guide, config, _ = load_run(run_dir)
-    x = prepare_data(config, "test", config["device"])
+        model, guide, config, _ = load_run(run_dir, data_root=data_root)
+    config = as_run_config(config)
+    x = prepare_data(config, "test", config.train.device)
     if num_test is not None:
         x = x[:num_test]
     elbos, logps = [], []
@@ -229,55 +284,51 @@ def evaluate_run(run_dir: str | Path, *, num_samples: int = 1000, num_test: Opti
         elbos.append(elbo_per_datapoint(model, guide, xb, num_samples=1))
         logps.append(log_marginal_likelihood(model, guide, xb, num_samples=num_samples))
     elbo = torch.cat(elbos)
-    logp = torch.cat(logps)
-    num_dims = int(math.prod(x.shape[1:]))
-    from ..models.likelihoods import make_likelihood
-    discrete = make_likelihood(config.get("likelihood", "bernoulli")).discrete
-    mode = config.get("binarization", "dynamic")
-    levels = DATASET_LEVELS.get(config["data"], 256)
-    if discrete:  # a probability mass: -log P(x) directly
-        offset, note = 0.0, "discrete likelihood: test_nll = -log P(x)"
-    elif mode == "dequantize":  # Theis et al. 2016: -log P(k) <= -log p((k + u) / L) + D log L
-        offset = num_dims * math.log(levels)
-        note = (f"continuous likelihood on uniformly dequantised data y = (k + u) / {levels}: "
-                f"test_nll = -log p(y) + D log {levels} (offset {offset:.2f} nats), an upper "
-                "bound in expectation on the discrete -log P(k); u drawn once with seed 0")
-    else:
-        offset, note = None, ("continuous density evaluated at discrete points: NOT a bound on "
-                              "-log P(x), no bits/dim; use --binarization dequantize")
-    s = summarize_nll(logp, num_dims, offset_nats=offset or 0.0)
+    r = nll_report(torch.cat(logps), test_bits_offset(config, x))
+    mode = config.data.binarization
     test_binarization = {"dequantize": "fixed uniform dequantisation, seed 0", "none": "none"}.get(
         mode, "fixed Bernoulli draw, seed 0")
     metrics = {
         "test_elbo": float(elbo.mean()), "test_elbo_se": float(elbo.std() / math.sqrt(len(elbo))),
-        "test_nll": s.nll + (offset or 0.0), "test_nll_se": s.nll_se,
-        "test_bits_per_dim": None if offset is None else s.bits_per_dim,
-        "test_nll_density": s.nll if not discrete else None,
-        "bits_per_dim_offset_nats": offset, "nll_note": note, "num_test_points": s.num_points,
+        "test_nll": r.nll, "test_nll_se": r.nll_se, "test_bits_per_dim": r.bits_per_dim,
+        "test_nll_density": r.nll_density if r.offset_nats != 0.0 else None,
+        "bits_per_dim_offset_nats": r.offset_nats, "nll_note": r.note,
+        "num_test_points": r.num_points,
         "num_importance_samples": num_samples, "num_seeds": 1,
         "test_binarization": test_binarization, "train_binarization": mode,
         "eval_seconds": time.perf_counter() - t0, "versions": _versions(),
-        "config": config,
+        "config": config.to_dict(),
     }
     metrics.update(build_metrics(config, model, guide, x))  # model-specific (e.g. VQ-VAE usage)
     return metrics
 
 
 def sample_run(run_dir: str | Path, *, num_samples: int = 64, model=None, guide=None,
-               config=None) -> dict[str, Path]:
+               config=None, out_dir: Optional[str | Path] = None,
+               data_root: Optional[str | Path] = None) -> dict[str, Path]:
     """Write ``samples.png`` (decoder means at prior draws) and ``reconstructions.png``
-    (test originals above reconstructions) into the run directory; for a VQ-VAE run with
-    a code prior fitted by ``lvm-pyro fit-prior`` also ``prior_samples.png`` and
-    ``prior_vs_reconstructions.png`` (:mod:`lvm_pyro.training.prior_stage`)."""
+    (test originals above reconstructions) into ``out_dir`` (default: the run
+    directory); for a VQ-VAE run with a code prior fitted by ``lvm-pyro fit-prior`` also
+    ``prior_samples.png`` and ``prior_vs_reconstructions.png``
+    (:mod:`lvm_pyro.training.prior_stage`).
+
+    Raises:
+        ValueError: ``num_samples < 1``.
+        CheckpointError: see :func:`load_run`.
+    """
     if num_samples < 1:
-        raise ValueError(f"--num-samples must be >= 1, got {num_samples}")
+        raise ConfigError("num_samples", f"must be >= 1, got {num_samples}")
     run_dir = Path(run_dir)
+    out_dir = run_dir if out_dir is None else Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     if model is None:
-        model, guide, config, _ = load_run(run_dir)
-    x = prepare_data(config, "test", config["device"])[:num_samples]
-    out = {"samples": save_grid(prior_samples(model, x), run_dir / "samples.png"),
-           "reconstructions": save_reconstructions(model, guide, x[:32], run_dir / "reconstructions.png")}
+        model, guide, config, _ = load_run(run_dir, data_root=data_root)
+    config = as_run_config(config)
+    x = prepare_data(config, "test", config.train.device)[:num_samples]
+    out = {"samples": save_grid(prior_samples(model, x), out_dir / "samples.png"),
+           "reconstructions": save_reconstructions(model, guide, x[:32], out_dir / "reconstructions.png")}
     from .prior_stage import prior_is_current, save_prior_samples
     if prior_is_current(run_dir):  # a code prior fitted after training: decoded prior samples
-        out.update(save_prior_samples(run_dir, model, guide, x, num_samples=num_samples))
+        out.update(save_prior_samples(run_dir, model, guide, x, num_samples=num_samples,
+                                      out_dir=out_dir))
     return out

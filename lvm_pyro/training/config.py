@@ -1,0 +1,624 @@
+"""Typed run configurations: the only place a default lives.
+
+A run is described by four frozen dataclasses (the shape of nanoGPT's ``GPTConfig``),
+each validated in ``__post_init__`` (:class:`ConfigError`, a ``ValueError`` naming the
+field and the allowed range):
+
+* a model configuration, one class per registered model (:class:`VAEConfig`,
+  :class:`VQVAEConfig`, :class:`SBNConfig`; users add theirs with
+  :func:`lvm_pyro.training.builders.register_model`);
+* an objective configuration, one class per registered objective
+  (:class:`TraceConfig`, :class:`MeanFieldConfig`, :class:`IWAEConfig`,
+  :class:`VIMCOConfig`, :class:`TraceGraphConfig`);
+* :class:`DataConfig` (data set, its folder, the training-data transform);
+* :class:`TrainConfig` (optimiser, epochs, seed, device).
+
+:class:`RunConfig` bundles them and resolves the defaults that depend on the data set
+(:data:`DATA_DEFAULTS`: ``z_dim`` 10 on digits and 50 otherwise, ``epochs`` 60 / 10; the
+number of intensity levels from :data:`lvm_pyro.data.datasets.DATASET_LEVELS`) or on the
+likelihood (the training-data transform, :func:`default_transform`). It is written to a
+run's ``config.json`` as one flat JSON object holding only the fields that apply to the
+run's model and objective (:meth:`RunConfig.to_dict`, :meth:`RunConfig.from_dict`).
+
+The command line is generated from the same dataclasses (:func:`add_config_arguments`,
+:func:`config_from_namespace`): a field ``z_dim`` is the flag ``--z-dim``, with the field's
+type, help and default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Mapping, NamedTuple, Optional
+
+from ..data.datasets import DATASET_LEVELS, DATASETS
+
+__all__ = ["ConfigError", "DATA_DEFAULTS", "DataDefaults", "TRANSFORMS", "ModelConfig",
+           "VAEConfig", "VQVAEConfig", "SBNConfig", "ObjectiveConfig", "TraceConfig",
+           "MeanFieldConfig", "IWAEConfig", "VIMCOConfig", "TraceGraphConfig", "DataConfig",
+           "TrainConfig", "RunConfig", "PriorConfig", "MODEL_CONFIGS", "OBJECTIVE_CONFIGS",
+           "RECORD_KEYS", "default_transform", "add_config_arguments",
+           "config_from_namespace", "option", "given_options"]
+
+
+class ConfigError(ValueError):
+    """A configuration value (or a command's argument, e.g. ``num_samples``) is out of
+    range or does not apply.
+
+    Attributes:
+        field: the configuration field (``"z_dim"``); the command line names it
+            ``--z-dim``.
+        problem: what is wrong, without the field's name (``"must be >= 1, got -2"``).
+    """
+
+    def __init__(self, field_name: str, problem: str):
+        self.field, self.problem = field_name, problem
+        super().__init__(f"{field_name} {problem}")
+
+
+class DataDefaults(NamedTuple):
+    """Defaults that depend on the data set: latent size and training epochs."""
+
+    z_dim: int
+    epochs: int
+
+
+#: data-dependent defaults, single-sourced: small bundled digits train longer with fewer
+#: latents; the 28x28 sets use the IWAE paper's z_dim 50 and a 10-epoch budget
+DATA_DEFAULTS: dict[str, DataDefaults] = {
+    "digits": DataDefaults(z_dim=10, epochs=60),
+    "fashion-mnist": DataDefaults(z_dim=50, epochs=10),
+    "mnist": DataDefaults(z_dim=50, epochs=10),
+}
+
+#: training-data transforms (per epoch); the test split gets the matching fixed one
+TRANSFORMS = ("dynamic", "static", "none", "dequantize")
+
+#: keys of ``config.json`` that record facts about a run rather than configure it
+RECORD_KEYS = ("data_source",)
+
+
+def option(default: Any, help: str, *, choices: Optional[Iterable[Any]] = None,
+           cli: bool = True) -> Any:
+    """A dataclass field with its command-line help (``choices`` limit the flag's values;
+    ``cli=False`` keeps the field off the command line)."""
+    return field(default=default, metadata={"help": help, "choices": None if choices is None
+                                            else tuple(choices), "cli": cli})
+
+
+# -- validation helpers (each raises ConfigError naming the field) ---------------------
+def _at_least(cfg: Any, name: str, low: float, *, allow_none: bool = False) -> None:
+    v = getattr(cfg, name)
+    if v is None and allow_none:
+        return
+    if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= low:
+        raise ConfigError(name, f"must be >= {low}, got {v!r}")
+
+
+def _integer(cfg: Any, name: str, low: int, *, allow_none: bool = False) -> None:
+    v = getattr(cfg, name)
+    if v is None and allow_none:
+        return
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(name, f"must be an integer >= {low}, got {v!r}")
+    _at_least(cfg, name, low)
+
+
+def _positive(cfg: Any, name: str) -> None:
+    v = getattr(cfg, name)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and math.isfinite(v)):
+        raise ConfigError(name, f"must be a finite number > 0, got {v!r}")
+
+
+def _interval(cfg: Any, name: str, low: float, high: float, *, high_open: bool = False) -> None:
+    v = getattr(cfg, name)
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and low <= v and (
+        v < high if high_open else v <= high)
+    if not ok:
+        raise ConfigError(name, f"must be in [{low}, {high}{')' if high_open else ']'}, got {v!r}")
+
+
+def _choice(cfg: Any, name: str, allowed: Iterable[Any], *, allow_none: bool = False) -> None:
+    v = getattr(cfg, name)
+    if v is None and allow_none:
+        return
+    allowed = tuple(allowed)
+    if v not in allowed:
+        raise ConfigError(name, f"must be one of {', '.join(map(str, allowed))}; got {v!r}")
+
+
+def _likelihood(cfg: Any, name: str = "likelihood") -> None:
+    from ..models.likelihoods import LIKELIHOODS
+
+    _choice(cfg, name, sorted(LIKELIHOODS))
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a is b or (type(a) in (int, float) and type(b) in (int, float) and a == b) or (
+        type(a) is type(b) and a == b)
+
+
+def _fields(cls: type) -> tuple[dataclasses.Field, ...]:
+    return dataclasses.fields(cls)
+
+
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in _fields(cls)]
+
+
+def _from_mapping(cls: type, values: Mapping[str, Any]) -> Any:
+    """``cls(**values restricted to cls's fields)``."""
+    names = set(_field_names(cls))
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+# -- models -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelConfig:
+    """Base of model configurations; a subclass names its model in ``name``."""
+
+    name: ClassVar[str] = ""
+
+
+@dataclass(frozen=True)
+class VAEConfig(ModelConfig):
+    """The VAE of :func:`lvm_pyro.training.builders.build_vae` (Kingma & Welling 2013):
+    an MLP (the IWAE paper's one-stochastic-layer net, 2 x 200 tanh) or a small conv net.
+
+    Raises:
+        ConfigError: a field out of range (named with the allowed range).
+    """
+
+    name: ClassVar[str] = "vae"
+    z_dim: Optional[int] = option(None, "latent size (default: DATA_DEFAULTS, 10 on digits, "
+                                        "50 otherwise)")
+    hidden_dim: int = option(200, "width of each hidden layer")
+    num_hidden: int = option(2, "hidden layers of encoder and decoder")
+    network: str = option("mlp", "encoder / decoder networks", choices=("mlp", "conv"))
+    activation: str = option("tanh", "hidden activation", choices=("tanh", "relu", "elu", "gelu"))
+    likelihood: str = option("bernoulli", "observation model p(x | z)")
+
+    def __post_init__(self) -> None:
+        _integer(self, "z_dim", 1, allow_none=True)
+        _integer(self, "hidden_dim", 1)
+        _integer(self, "num_hidden", 0)
+        _choice(self, "network", ("mlp", "conv"))
+        _choice(self, "activation", ("tanh", "relu", "elu", "gelu"))
+        _likelihood(self)
+
+
+@dataclass(frozen=True)
+class VQVAEConfig(ModelConfig):
+    """The VQ-VAE of :func:`lvm_pyro.training.builders.build_vqvae` (van den Oord et al.
+    2017): conv encoder / decoder ``channels`` wide, a codebook of ``codebook_size``
+    vectors of ``embedding_dim`` (EMA updates with ``decay``; 0 learns it by the codebook
+    loss, eq. 3), commitment weight beta (eq. 3), a discretised logistic likelihood over
+    the data's ``num_levels`` intensity levels (Salimans et al. 2017, eq. 2).
+
+    Raises:
+        ConfigError: a field out of range.
+    """
+
+    name: ClassVar[str] = "vqvae"
+    likelihood: str = option("discretized_logistic", "observation model p(x | z_q)")
+    num_mixtures: int = option(1, "logistic components per pixel (discretized_logistic)")
+    num_levels: Optional[int] = option(None, "intensity levels of the discretised likelihood "
+                                             "(default: the data set's, 17 for digits, 256 "
+                                             "otherwise)")
+    codebook_size: int = option(512, "K, codes in the codebook")
+    embedding_dim: int = option(16, "D, size of each code vector")
+    commitment_weight: float = option(0.25, "beta, weight of the commitment loss")
+    decay: float = option(0.99, "EMA decay of the codebook in [0, 1); 0 learns it by the "
+                                "codebook loss")
+    dead_code_threshold: float = option(1.0, "restart codes used fewer times per step "
+                                             "(moving average); 0: never")
+    channels: int = option(64, "conv width of the encoder and decoder")
+
+    def __post_init__(self) -> None:
+        _likelihood(self)
+        _integer(self, "num_mixtures", 1)
+        _integer(self, "num_levels", 2, allow_none=True)
+        _integer(self, "codebook_size", 1)
+        _integer(self, "embedding_dim", 1)
+        _at_least(self, "commitment_weight", 0.0)
+        _interval(self, "decay", 0.0, 1.0, high_open=True)
+        _at_least(self, "dead_code_threshold", 0.0)
+        _integer(self, "channels", 1)
+
+
+@dataclass(frozen=True)
+class SBNConfig(ModelConfig):
+    """The sigmoid belief net of :func:`lvm_pyro.training.builders.build_sbn` (Neal 1992;
+    Mnih & Gregor 2014): ``num_stochastic_layers`` layers of ``z_dim`` Bernoulli units,
+    conditionals with ``num_hidden`` tanh layers (0: the linear SBN).
+
+    Raises:
+        ConfigError: a field out of range.
+    """
+
+    name: ClassVar[str] = "sbn"
+    z_dim: Optional[int] = option(None, "Bernoulli units per layer (default: DATA_DEFAULTS, "
+                                        "10 on digits, 50 otherwise)")
+    num_stochastic_layers: int = option(1, "Bernoulli layers")
+    hidden_dim: int = option(200, "width of each hidden layer")
+    num_hidden: int = option(0, "hidden layers of every conditional (0: linear SBN)")
+    activation: str = option("tanh", "hidden activation", choices=("tanh", "relu", "elu", "gelu"))
+    baselines: Optional[bool] = option(None, "NVIL input-dependent baselines in the guide "
+                                             "(default: on with the tracegraph objective)")
+
+    def __post_init__(self) -> None:
+        _integer(self, "z_dim", 1, allow_none=True)
+        _integer(self, "num_stochastic_layers", 1)
+        _integer(self, "hidden_dim", 1)
+        _integer(self, "num_hidden", 0)
+        _choice(self, "activation", ("tanh", "relu", "elu", "gelu"))
+        _choice(self, "baselines", (True, False), allow_none=True)
+
+
+# -- objectives ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """Base of objective configurations: ``num_particles`` K >= 1 per datapoint."""
+
+    name: ClassVar[str] = ""
+    num_particles: int = option(1, "particles K per datapoint")
+
+    def __post_init__(self) -> None:
+        _integer(self, "num_particles", 1)
+
+
+@dataclass(frozen=True)
+class _KLWeightedConfig(ObjectiveConfig):
+    """beta (Higgins et al. 2017) and a linear KL warm-up over ``kl_warmup`` optimiser
+    steps (Bowman et al. 2015): beta_t = beta * min(1, t / kl_warmup)."""
+
+    beta: float = option(1.0, "weight of the KL term (beta-VAE; 1: the plain ELBO)")
+    kl_warmup: int = option(0, "KL warm-up length in OPTIMISER STEPS (0: none)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _at_least(self, "beta", 0.0)
+        if not math.isfinite(self.beta):
+            raise ConfigError("beta", f"must be finite, got {self.beta!r}")
+        _integer(self, "kl_warmup", 0)
+
+
+@dataclass(frozen=True)
+class TraceConfig(_KLWeightedConfig):
+    """Pyro's ``Trace_ELBO`` (Kingma & Welling 2013, eq. 3) with beta, warm-up and free
+    bits lambda (Kingma et al. 2016, eq. 15: the KL term sum_j max(lambda, E_batch KL_j))."""
+
+    name: ClassVar[str] = "trace"
+    free_bits: float = option(0.0, "free bits lambda, nats per latent dimension (0: off)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _at_least(self, "free_bits", 0.0)
+        if not math.isfinite(self.free_bits):
+            raise ConfigError("free_bits", f"must be finite, got {self.free_bits!r}")
+
+
+@dataclass(frozen=True)
+class MeanFieldConfig(TraceConfig):
+    """Pyro's ``TraceMeanField_ELBO`` (analytic KL where torch registers it)."""
+
+    name: ClassVar[str] = "meanfield"
+
+
+@dataclass(frozen=True)
+class IWAEConfig(ObjectiveConfig):
+    """:class:`~lvm_pyro.inference.IWAE_ELBO` (Burda et al. 2015, eq. 8) with its gradient
+    estimator: ``standard``, ``dreg`` (Tucker et al. 2018) or ``stl`` (Roeder et al.
+    2017; biased for K > 1)."""
+
+    name: ClassVar[str] = "iwae"
+    gradient: str = option("standard", "gradient estimator", choices=("standard", "dreg", "stl"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _choice(self, "gradient", ("standard", "dreg", "stl"))
+
+
+@dataclass(frozen=True)
+class VIMCOConfig(ObjectiveConfig):
+    """:class:`~lvm_pyro.inference.VIMCO` (Mnih & Rezende 2016): the IWAE bound with
+    leave-one-out baselines, which need K >= 2 particles."""
+
+    name: ClassVar[str] = "vimco"
+    num_particles: int = option(5, "particles K per datapoint (>= 2)")
+
+    def __post_init__(self) -> None:
+        _integer(self, "num_particles", 2)
+
+
+@dataclass(frozen=True)
+class TraceGraphConfig(_KLWeightedConfig):
+    """Pyro's ``TraceGraph_ELBO`` (score-function gradients with the guide's baselines;
+    Mnih & Gregor 2014), with beta and warm-up."""
+
+    name: ClassVar[str] = "tracegraph"
+
+
+# -- data and training --------------------------------------------------------------
+def default_transform(likelihood: Optional[str]) -> str:
+    """The training-data transform that matches a likelihood: ``"dynamic"`` binarisation
+    for Bernoulli (IWAE paper, sec. 5), ``"dequantize"`` for a continuous density (Theis
+    et al. 2016, so that the NLL bounds the discrete one), ``"none"`` for another discrete
+    likelihood (e.g. the discretised logistic over the raw levels)."""
+    if likelihood in (None, "bernoulli"):
+        return "dynamic"
+    from ..models.likelihoods import LIKELIHOODS
+
+    cls = LIKELIHOODS.get(likelihood)
+    return "none" if cls is None or getattr(cls, "discrete", True) else "dequantize"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Data set, where its files are, and the per-epoch training-data transform.
+
+    Raises:
+        ConfigError: unknown data set or transform; ``data_root`` with the bundled digits.
+    """
+
+    data: str = option("digits", "data set (digits is bundled with scikit-learn)", choices=DATASETS)
+    data_root: Optional[str] = option(None, "folder holding FashionMNIST/raw/ or MNIST/raw/ "
+                                            "(recorded as an absolute path)")
+    binarization: Optional[str] = option(
+        None, "training-data transform per epoch: dynamic / static Bernoulli draws (binary "
+              "likelihoods), none, or uniform dequantisation (continuous likelihoods); default "
+              "from the likelihood: bernoulli dynamic, continuous dequantize, other none",
+        choices=TRANSFORMS)
+
+    def __post_init__(self) -> None:
+        _choice(self, "data", DATASETS)
+        _choice(self, "binarization", TRANSFORMS, allow_none=True)
+        if self.data_root is not None:
+            if self.data == "digits":
+                raise ConfigError("data_root", "does not apply to the bundled digits (it is "
+                                               "for fashion-mnist and mnist)")
+            object.__setattr__(self, "data_root", str(Path(self.data_root).expanduser().resolve()))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Adam on minibatches (Kingma & Ba 2015), epochs, seed and device.
+
+    Raises:
+        ConfigError: a field out of range.
+    """
+
+    batch_size: int = option(100, "minibatch size B")
+    lr: float = option(1e-3, "Adam learning rate")
+    epochs: Optional[int] = option(None, "epochs (default: DATA_DEFAULTS, 60 on digits, 10 "
+                                         "otherwise)")
+    seed: int = option(0, "seed of parameters, shuffling and binarisation")
+    device: str = option("cpu", "torch device: cpu or cuda")
+
+    def __post_init__(self) -> None:
+        _integer(self, "batch_size", 1)
+        _positive(self, "lr")
+        _integer(self, "epochs", 0, allow_none=True)
+        _integer(self, "seed", 0)
+        if not isinstance(self.device, str) or self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ConfigError("device", f"must be cpu or cuda (optionally cuda:N), got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """The Gated PixelCNN prior over a VQ-VAE's codes (van den Oord et al. 2016) and its
+    Adam fit (``lvm-pyro fit-prior``): a small prior that trains in minutes on 2 cores.
+
+    Raises:
+        ConfigError: a field out of range.
+    """
+
+    channels: int = option(64, "channels of the PixelCNN stacks")
+    num_layers: int = option(6, "gated layers")
+    kernel_size: int = option(3, "odd kernel size of the gated layers")
+    epochs: int = option(10, "epochs of the prior fit")
+    batch_size: int = option(128, "minibatch size")
+    lr: float = option(1e-3, "Adam learning rate")
+    seed: int = option(0, "seed of the prior's parameters, shuffling and samples")
+
+    def __post_init__(self) -> None:
+        _integer(self, "channels", 1)
+        _integer(self, "num_layers", 1)
+        _integer(self, "kernel_size", 1)
+        if self.kernel_size % 2 == 0:
+            raise ConfigError("kernel_size", f"must be odd, got {self.kernel_size}")
+        _integer(self, "epochs", 0)
+        _integer(self, "batch_size", 1)
+        _positive(self, "lr")
+        _integer(self, "seed", 0)
+
+
+#: registered configuration classes (filled by lvm_pyro.training.builders.register_model
+#: / register_elbo)
+MODEL_CONFIGS: dict[str, type] = {}
+OBJECTIVE_CONFIGS: dict[str, type] = {}
+
+
+def _model_cls(name: str) -> type:
+    if name not in MODEL_CONFIGS:
+        raise ConfigError("model", f"must be a registered model ({', '.join(sorted(MODEL_CONFIGS))}); "
+                                   f"got {name!r}")
+    return MODEL_CONFIGS[name]
+
+
+def _objective_cls(name: str) -> type:
+    if name not in OBJECTIVE_CONFIGS:
+        raise ConfigError("elbo", f"must be a registered objective "
+                                  f"({', '.join(sorted(OBJECTIVE_CONFIGS))}); got {name!r}")
+    return OBJECTIVE_CONFIGS[name]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole run: model, objective, data and training configurations, with every
+    data- or likelihood-dependent default resolved on construction (``z_dim`` and
+    ``epochs`` from :data:`DATA_DEFAULTS`, ``num_levels`` from the data set, the transform
+    from :func:`default_transform`, SBN ``baselines`` on with ``tracegraph``).
+
+    Raises:
+        ConfigError: an invalid combination (e.g. a transform that does not suit the
+            likelihood is allowed, but the model / objective must be registered).
+    """
+
+    model: Any = field(default_factory=VAEConfig)
+    objective: Any = field(default_factory=TraceConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        defaults = DATA_DEFAULTS[self.data.data]
+        model_fields = set(_field_names(type(self.model)))
+        repl: dict[str, Any] = {}
+        if "z_dim" in model_fields and self.model.z_dim is None:
+            repl["z_dim"] = defaults.z_dim
+        if "num_levels" in model_fields and self.model.num_levels is None:
+            repl["num_levels"] = DATASET_LEVELS[self.data.data]
+        if "baselines" in model_fields and self.model.baselines is None:
+            repl["baselines"] = self.objective.name == "tracegraph"
+        if repl:
+            object.__setattr__(self, "model", dataclasses.replace(self.model, **repl))
+        if self.train.epochs is None:
+            object.__setattr__(self, "train", dataclasses.replace(self.train, epochs=defaults.epochs))
+        if self.data.binarization is None:
+            transform = default_transform(getattr(self.model, "likelihood", None))
+            object.__setattr__(self, "data", dataclasses.replace(self.data, binarization=transform))
+
+    @property
+    def model_name(self) -> str:
+        return type(self.model).name
+
+    @property
+    def objective_name(self) -> str:
+        return type(self.objective).name
+
+    def groups(self) -> tuple[Any, Any, DataConfig, TrainConfig]:
+        return (self.model, self.objective, self.data, self.train)
+
+    def to_dict(self) -> dict[str, Any]:
+        """One flat JSON-able dict: ``model``, the model's fields, ``elbo``, the
+        objective's fields, then data and training fields. Only fields that apply to the
+        run; ``data_root`` only when set."""
+        out: dict[str, Any] = {"model": self.model_name, "elbo": self.objective_name}
+        for group in self.groups():
+            for f in _fields(type(group)):
+                v = getattr(group, f.name)
+                if f.name == "data_root" and v is None:
+                    continue
+                out[f.name] = v
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, strict: bool = True) -> "RunConfig":
+        """Inverse of :meth:`to_dict`; missing fields take their defaults.
+
+        Args:
+            values: flat dict (``"model"`` and ``"elbo"`` name the registered classes,
+                default ``"vae"`` and ``"trace"``).
+            strict: reject keys that apply to neither this model, this objective, the
+                data nor the training (``False`` ignores them, e.g. to read a
+                ``config.json`` written by an older version that held every key).
+
+        Raises:
+            ConfigError: unknown model / objective, a key that does not apply (strict),
+                or an invalid value.
+        """
+        values = {k: v for k, v in values.items() if k not in RECORD_KEYS}
+        model_cls = _model_cls(values.pop("model", "vae"))
+        obj_cls = _objective_cls(values.pop("elbo", "trace"))
+        groups = (model_cls, obj_cls, DataConfig, TrainConfig)
+        known = set().union(*(_field_names(g) for g in groups))
+        others: dict[str, list[Any]] = {}  # fields of the other registered classes
+        for g in (*MODEL_CONFIGS.values(), *OBJECTIVE_CONFIGS.values()):
+            for f in _fields(g):
+                others.setdefault(f.name, []).append(f.default)
+        for k, v in values.items():
+            if k in known:
+                continue
+            # non-strict: a key of another model / objective is ignored only at one of its
+            # defaults (an old config.json held every key); any other value would be
+            # silently dropped, so it is an error either way
+            if strict or (k in others and not any(_same(v, d) for d in others[k])):
+                raise ConfigError(k, f"does not apply to model {model_cls.name!r} with "
+                                     f"objective {obj_cls.name!r}")
+        return cls(*(_from_mapping(g, values) for g in groups))
+
+    def replace(self, **values: Any) -> "RunConfig":
+        """A copy with flat fields replaced (``RunConfig.from_dict({**self.to_dict(), ...})``)."""
+        return RunConfig.from_dict({**self.to_dict(), **values})
+
+
+# -- command line generated from the dataclasses ------------------------------------
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(cls: type, f: dataclasses.Field) -> Any:
+    hint = typing.get_type_hints(cls)[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, classes: Iterable[type],
+                         *, title: Optional[str] = None) -> None:
+    """Add one flag per field of ``classes`` (``z_dim`` -> ``--z-dim``; a field shared by
+    several classes is one flag whose help lists each class's default). Flags default
+    to "not given" (``argparse.SUPPRESS``), so :func:`config_from_namespace` can tell a
+    value the user typed from the dataclass default and reject flags that do not apply."""
+    classes = list(classes)
+    seen: dict[str, list[tuple[type, dataclasses.Field]]] = {}
+    for cls in classes:
+        for f in _fields(cls):
+            if f.metadata.get("cli", True) and f.init:
+                seen.setdefault(f.name, []).append((cls, f))
+    group = parser.add_argument_group(title) if title else parser
+    for name, owners in seen.items():
+        cls, f = owners[0]
+        typ = _base_type(cls, f)
+        defaults = [(getattr(c, "name", "") or c.__name__, fld.default) for c, fld in owners]
+        if len({repr(d) for _, d in defaults}) == 1:
+            dtext = "" if defaults[0][1] is None else f" (default: {defaults[0][1]})"
+        else:
+            dtext = " (default: " + ", ".join(f"{d} for {n}" for n, d in defaults
+                                              if d is not None) + ")"
+        if 1 < len(classes) and len(owners) < len(classes):
+            dtext += " [" + ", ".join(n for n, _ in defaults) + "]"
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": name,
+                                  "help": f.metadata.get("help", "") + dtext}
+        if typ is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = typ
+            if f.metadata.get("choices"):
+                kwargs["choices"] = f.metadata["choices"]
+        group.add_argument(_flag(name), **kwargs)
+
+
+def given_options(ns: argparse.Namespace, classes: Iterable[type]) -> dict[str, Any]:
+    """The fields of ``classes`` the user gave on the command line (flags left out of
+    ``ns`` took no value)."""
+    names = set().union(*(_field_names(c) for c in classes))
+    return {k: v for k, v in vars(ns).items() if k in names}
+
+
+def config_from_namespace(ns: argparse.Namespace) -> RunConfig:
+    """The :class:`RunConfig` of ``lvm-pyro fit``'s parsed flags (``ns.model``,
+    ``ns.elbo`` and any config flag given).
+
+    Raises:
+        ConfigError: a flag that does not apply to the chosen model / objective, or an
+            invalid value.
+    """
+    classes = [*MODEL_CONFIGS.values(), *OBJECTIVE_CONFIGS.values(), DataConfig, TrainConfig]
+    values = given_options(ns, classes)
+    values["model"] = getattr(ns, "model", "vae")
+    values["elbo"] = getattr(ns, "elbo", "trace")
+    return RunConfig.from_dict(values, strict=True)

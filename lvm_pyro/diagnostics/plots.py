@@ -55,7 +55,7 @@ def plot_khat_histogram(khat, num_samples: int, *, path: Optional[str | Path] = 
     ax.set_xlabel("k-hat")
     ax.set_ylabel("datapoints")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")  # "best" warns when slow
     return _finish(fig, path)
 
 
@@ -81,7 +81,7 @@ def plot_kl_per_dimension(kl, *, active=None, path: Optional[str | Path] = None,
 
         ax.legend(handles=[Patch(color="C0", label=f"active ({int(act.sum())})"),
                            Patch(color="0.7", label=f"inactive ({int((~act).sum())})")],
-                  fontsize=8)
+                  fontsize=8, loc="upper right")
     ax.bar(np.arange(kl.size), kl[order], color=colors)
     ax.set_xticks(np.arange(kl.size))
     ax.set_xticklabels([str(d) for d in order], fontsize=6, rotation=90)
@@ -143,7 +143,7 @@ def plot_guide_vs_reference(reference, comparison, *, x=None, dims: Optional[Seq
             head = f"{labels[i]}: " if labels is not None and not show_image and j == 0 else ""
             ax.set_title(f"{head}z[{d}]  R-hat {float(reference.rhat[i, d]):.3f}", fontsize=7)
             if i == 0 and j == 0:
-                ax.legend(fontsize=6)
+                ax.legend(fontsize=6, loc="upper right")
     fig.suptitle("guide q(z|x) (red) vs NUTS p(z|x) (grey); ED = energy distance", fontsize=9)
     return _finish(fig, path)
 

@@ -68,7 +68,7 @@ def save_loss_curve(history: Sequence[dict], path: str | Path, ylabel: str = "lo
     ax.plot(ep, [h["loss"] for h in history], marker="o", label="train loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
-    ax.legend()
+    ax.legend(loc="upper right")  # "best" placement warns when slow
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

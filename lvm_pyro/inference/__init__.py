@@ -28,8 +28,9 @@ from .vimco import VIMCO, leave_one_out_baselines
 
 __all__ += ["ScoreFunctionDistribution", "ScoreFunctionMessenger", "ScoreFunctionGuide",
             "MLPBaseline", "score_function", "VIMCO", "leave_one_out_baselines"]
-from .kl_weighting import (FreeBits_ELBO, KLWeighted_ELBO, LatentScaleMessenger, beta_schedule,
-                           kl_warmup_factor, per_dimension_kl, scale_latents)
+from .kl_weighting import (FreeBits_ELBO, KLWeighted_ELBO, LatentScaleMessenger,
+                           per_dimension_kl, scale_latents)
+from .schedules import ConstantSchedule, CyclicalSchedule, LinearWarmup, Schedule
 
 __all__ += ["KLWeighted_ELBO", "FreeBits_ELBO", "LatentScaleMessenger", "scale_latents",
-            "kl_warmup_factor", "beta_schedule", "per_dimension_kl"]
+            "per_dimension_kl", "Schedule", "ConstantSchedule", "LinearWarmup", "CyclicalSchedule"]

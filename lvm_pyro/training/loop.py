@@ -40,26 +40,33 @@ class DivergenceWarning(RuntimeWarning):
 
 
 def loss_rose(before: Sequence[float], after: Sequence[float], tolerance: float) -> bool:
-    """Whether the per-step losses ``after`` are higher than ``before``, beyond noise:
+    """Whether the per-step losses ``after`` sit above ``before``, beyond noise:
 
-        mean(after) - mean(before) > max(tolerance * |mean(before)|, 3 * se)
+        median(after) - median(before) > max(tolerance * |median(before)|, 3 * se)
 
-    with se = sqrt(var(before) / n_before + var(after) / n_after) the standard error of
-    the difference of the two means (unbiased variances). Needs >= 2 losses in each.
+    with se = sqrt(s_b^2 / n_b + s_a^2 / n_a), s = 1.4826 * MAD (the median absolute
+    deviation, a scale robust to the heavy tails of a diverging loss; 0 for one value).
 
     Args:
-        before, after: per-step training losses (nats per datapoint).
+        before: per-step training losses (nats per datapoint), >= 1 value.
+        after: later per-step losses, >= 2 values.
         tolerance: relative rise that counts, >= 0.
 
     Returns:
-        ``False`` when either sequence has fewer than 2 values.
+        ``False`` when ``before`` is empty or ``after`` has fewer than 2 values.
     """
-    if len(before) < 2 or len(after) < 2:
+    if len(before) < 1 or len(after) < 2:
         return False
-    b, a = torch.tensor(list(before), dtype=torch.float64), torch.tensor(list(after), dtype=torch.float64)
-    se = math.sqrt(float(b.var()) / len(b) + float(a.var()) / len(a))
-    rise = float(a.mean() - b.mean())
-    return rise > max(tolerance * abs(float(b.mean())), 3.0 * se)
+
+    def centre_and_var(values):
+        v = torch.tensor(list(values), dtype=torch.float64)
+        med = float(v.median())
+        mad = float((v - med).abs().median()) if len(v) > 1 else 0.0
+        return med, (1.4826 * mad) ** 2 / len(v)
+
+    b, var_b = centre_and_var(before)
+    a, var_a = centre_and_var(after)
+    return a - b > max(tolerance * abs(b), 3.0 * math.sqrt(var_b + var_a))
 
 
 def adapt_program(fn: Callable) -> Callable:
@@ -121,10 +128,12 @@ class Trainer:
             steps then run without the per-site checks (a third of a small VAE's step
             time here; our models check their data's support themselves).
         divergence_tolerance: warn (:class:`DivergenceWarning`) when the training loss
-            rises for a whole epoch: its second half of steps against its first half, or
-            the epoch against the previous one, by more than this fraction of the
-            earlier mean loss and 3 standard errors (:func:`loss_rose`); ``None`` turns
-            the check off (e.g. while a KL warm-up legitimately raises the loss).
+            rises for a whole epoch: the median per-step loss of an epoch exceeds the
+            previous epoch's (for the first epoch: the loss of the very first step, with
+            >= 4 steps in the epoch) by more than this fraction of it and 3 standard
+            errors (:func:`loss_rose`). Full-batch training (one step per epoch) is not
+            checked. ``None`` turns the check off (e.g. when a KL schedule legitimately
+            raises the loss).
 
     Raises:
         ValueError: bad hyper-parameters, or both ``transform`` and ``binarization``.
@@ -177,6 +186,7 @@ class Trainer:
         self._last_losses: list[float] = []  # per-step losses of the last epoch
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.param_names: list[str] = []
+        self._store_size = 0
         # Loss reported per datapoint: the ELBO estimate is scaled to N when the programs
         # take num_data, else it is the minibatch sum.
         self._scaled = ("num_data" in program_kwargs(model, 1) and
@@ -210,7 +220,11 @@ class Trainer:
         self._sync_optimizer()
 
     def _sync_optimizer(self) -> None:
-        params = dict(pyro.get_param_store().named_parameters())
+        store = pyro.get_param_store()
+        self._store_size = len(store)
+        # Pyro's decaying-average baselines live in the param store but are running
+        # state, not parameters: checkpointed, never optimised
+        params = {k: v for k, v in store.named_parameters() if not k.startswith(BASELINE_AVG_PREFIX)}
         names = sorted(params)
         if self.optimizer is None:
             self.param_names = names
@@ -401,21 +415,24 @@ class Trainer:
         tol = self.divergence_tolerance
         if tol is None:
             return
-        half = len(losses) // 2
-        within = len(losses) >= 4 and loss_rose(losses[:half], losses[half:], tol)
-        across = loss_rose(previous, losses, tol)
-        if within or across:
+        if previous:  # the epoch against the one before
+            rose = len(previous) >= 2 and loss_rose(previous, losses, tol)
+            where = "from the previous epoch"
+        else:  # the first epoch against its first step (the untrained model)
+            rose = len(losses) >= 4 and loss_rose(losses[:1], losses, tol)
+            where = "above its first step"
+        if rose:
             mean = sum(losses) / len(losses)
-            where = "over the epoch" if within else "from the previous epoch"
             warnings.warn(
-                f"the training loss rose {where} (epoch {self.epoch} mean {mean:.4g} nats per "
-                f"datapoint): training may be diverging; lower the learning rate (lr={self.lr:g})",
+                f"the training loss rose for a whole epoch, {where} (epoch {self.epoch} mean "
+                f"{mean:.4g} nats per datapoint): training may be diverging; lower the learning "
+                f"rate (lr={self.lr:g})",
                 DivergenceWarning)
 
     def _step(self, xb: torch.Tensor, n: int, idx: torch.Tensor) -> float:
         with pyro.validation_enabled(self.validate):
             loss = self.elbo.loss_and_grads(self._model, self._guide, xb, num_data=n, idx=idx)
-        if len(pyro.get_param_store()) != len(self.param_names):
+        if len(pyro.get_param_store()) != self._store_size:
             self._sync_optimizer()
         if self.clip_norm is not None:
             params = [p for group in self.optimizer.param_groups for p in group["params"]]

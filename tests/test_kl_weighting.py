@@ -8,8 +8,8 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 
-from lvm_pyro.inference.kl_weighting import (FreeBits_ELBO, KLWeighted_ELBO, LatentScaleMessenger,
-                                             per_dimension_kl)
+from lvm_pyro.inference.kl import per_dimension_kl
+from lvm_pyro.inference.kl_weighting import FreeBits_ELBO, KLWeighted_ELBO, LatentScaleMessenger
 from lvm_pyro.inference.schedules import LinearWarmup
 from lvm_pyro.sites import data_plate
 

@@ -36,21 +36,20 @@ import math
 import warnings
 from typing import Callable, Optional, Sequence, Union
 
-import pyro.distributions as dist
 import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
-from torch.distributions import kl_divergence
 
 from ..sites import DATA_PLATE, program_kwargs
 from .log_weights import (guess_max_plate_nesting, is_auxiliary_site, plate_scale, run_vectorized,
                           site_log_prob_per_datapoint)
+from .kl import per_dimension_kl
 from .schedules import ConstantSchedule, LinearWarmup, Schedule, schedule_to_dict
 
 __all__ = ["LatentScaleMessenger", "scale_latents",
-           "KLWeighted_ELBO", "FreeBits_ELBO", "per_dimension_kl"]
+           "KLWeighted_ELBO", "FreeBits_ELBO"]
 
 
 def _is_latent(msg: dict) -> bool:
@@ -224,54 +223,6 @@ class KLWeighted_ELBO(ELBO):
         return loss
 
 
-def _factorised_base(fn, role: str, name: str):
-    """(univariate base distribution, number of reinterpreted event dims) of a site's
-    distribution, or ValueError for a non-factorised one."""
-    base = fn
-    while isinstance(base, dist.Independent):
-        base = base.base_dist
-    if len(base.event_shape) != 0:
-        raise ValueError(
-            f"free bits needs a factorised latent site: the {role} distribution of site "
-            f"'{name}' is {type(base).__name__} with event shape {tuple(base.event_shape)} "
-            "(not univariate under .to_event). Use a diagonal distribution "
-            "(e.g. Normal(loc, scale).to_event(1)) or plain beta / KL warm-up instead")
-    return base
-
-
-def per_dimension_kl(guide_fn, model_fn, value: torch.Tensor, name: str = "z"
-                     ) -> tuple[torch.Tensor, bool]:
-    """KL(q(z_j) || p(z_j)) for every coordinate j of a factorised latent site.
-
-    Args:
-        guide_fn, model_fn: the site's distributions in guide and model, each a
-            univariate distribution, possibly under ``.to_event(...)``; batch shapes
-            broadcast.
-        value: the sampled z (batch_shape + event_shape), used for the Monte-Carlo
-            estimate when no closed form is registered.
-        name: site name for error messages.
-
-    Returns:
-        ``(kl, analytic)``: ``kl`` of shape ``guide_fn.batch_shape + guide_fn.event_shape``
-        in nats (closed form when ``torch.distributions.kl_divergence`` is registered for
-        the pair of base distributions, ``analytic=True``; else the one-sample estimate
-        log q(z_j) - log p(z_j) at ``value``, ``analytic=False``).
-
-    Raises:
-        ValueError: a non-factorised distribution (e.g. ``MultivariateNormal``).
-    """
-    q = _factorised_base(guide_fn, "guide", name)
-    p = _factorised_base(model_fn, "model", name)
-    shape = guide_fn.batch_shape + guide_fn.event_shape
-    try:
-        kl = kl_divergence(q, p)
-        analytic = True
-    except NotImplementedError:
-        kl = q.log_prob(value) - p.log_prob(value)
-        analytic = False
-    return kl.expand(shape), analytic
-
-
 class FreeBits_ELBO(ELBO):
     """Free bits (Kingma et al. 2016, appendix C.8): the ELBO with each latent
     dimension's minibatch-averaged KL clamped from below by ``free_bits`` (lambda, nats).
@@ -281,7 +232,7 @@ class FreeBits_ELBO(ELBO):
 
     KL-bar_j = the mean of KL_j over the K particles, the B datapoints (and any other
     plate) of the minibatch, per coordinate j of the site's event; KL_j in closed form
-    where registered, else Monte Carlo (:func:`per_dimension_kl`); beta_site is any extra
+    where registered, else Monte Carlo (:func:`~lvm_pyro.inference.kl.per_dimension_kl`); beta_site is any extra
     scale the site carries (e.g. from :class:`KLWeighted_ELBO`, so beta and warm-up
     compose with free bits). With ``free_bits = 0`` and closed-form KLs the loss and its
     gradient equal ``TraceMeanField_ELBO``'s. Gradients are pathwise: every guide latent

@@ -313,8 +313,9 @@ class Trainer:
             ``seconds``).
 
         Raises:
-            ValueError: ``epochs`` < 0; ``x`` not a tensor, empty, or of a dtype the
-                modules cannot take (see :meth:`prepare_data`).
+            ValueError: ``epochs`` < 0; ``x`` not a tensor or empty (see
+                :meth:`prepare_data`); data the transform refuses (integer, NaN or
+                outside [0, 1] when binarising / dequantising).
             FloatingPointError: the loss becomes NaN or infinite.
             CheckpointError: resuming from a checkpoint that does not match.
 
@@ -376,29 +377,26 @@ class Trainer:
         return self.history
 
     def prepare_data(self, x: torch.Tensor) -> torch.Tensor:
-        """Check the training data and give it the modules' dtype.
+        """Check the training data and give floating-point data the modules' dtype.
 
         Floating-point data of another precision than the modules' parameters (e.g.
-        float64 pixels for float32 networks) is converted to the parameters' dtype;
-        integer data is refused (the data transforms and likelihoods take intensities).
+        float64 pixels for float32 networks) is converted to the parameters' dtype.
+        Integer data pass unchanged (code grids for a prior over VQ codes, counts); the
+        binarising / dequantising transforms refuse them with a clear error.
 
         Args:
             x: (N, ...) tensor, N >= 1.
 
         Raises:
-            ValueError: not a tensor, N = 0, or an integer / boolean / complex dtype.
+            ValueError: not a tensor, or N = 0.
         """
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"training data must be a torch.Tensor (N, ...), got {type(x).__name__}")
         if x.dim() == 0 or x.shape[0] == 0:
             raise ValueError(f"training data is empty (shape {tuple(x.shape)}); pass at least one "
                              "datapoint along the first dimension")
-        if not torch.is_floating_point(x):
-            raise ValueError(f"training data has dtype {x.dtype}; the models take floating-point "
-                             "intensities in [0, 1]: convert first, e.g. x.float() / 255 for "
-                             "8-bit pixels")
         dtype = self._module_dtype()
-        if dtype is not None and x.dtype != dtype:
+        if dtype is not None and torch.is_floating_point(x) and x.dtype != dtype:
             x = x.to(dtype)
         return x
 

@@ -334,3 +334,37 @@ def test_diverging_training_warns_and_a_healthy_run_does_not():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _trainer(lr=1e-2, batch_size=100).fit(x, epochs=4)
+
+
+@pytest.mark.slow  # three CLI runs with evaluation and pictures (~30 s)
+def test_cli_resume_continues_the_kl_warmup_exactly(tmp_path):
+    """The same through the command line: 2 epochs at once, or 1 then --resume to 2."""
+    from lvm_pyro.cli import main
+
+    args = ["fit", "--no-progress", "--num-samples", "2", "--num-test", "5", "--z-dim", "2",
+            "--hidden-dim", "8", "--num-hidden", "1", "--kl-warmup", "20", "--batch-size", "100"]
+    assert main(args + ["--out", str(tmp_path / "a"), "--epochs", "2"]) == 0
+    assert main(args + ["--out", str(tmp_path / "b"), "--epochs", "1"]) == 0
+    assert main(args + ["--out", str(tmp_path / "b"), "--epochs", "2", "--resume"]) == 0
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert a["objective"]["step"] == b["objective"]["step"] == 30  # 1500 digits / 100, twice
+    for k in a["params"]:
+        assert torch.equal(a["params"][k], b["params"][k]), k
+
+
+def test_checkpoint_from_before_data_transforms_still_resumes(tmp_path):
+    """A checkpoint that kept the binariser's generator under rng/binarizer (no
+    'transform' entry) resumes exactly as well."""
+    from lvm_pyro.training.checkpoint import load_checkpoint, save_checkpoint
+
+    make, binarization = OBJECTIVES["trace"]
+    params, _, _ = _fit(make, binarization, tmp_path / "a.pt", 2)
+    _fit(make, binarization, tmp_path / "b.pt", 1)
+    payload = load_checkpoint(tmp_path / "b.pt")
+    legacy = {k: v for k, v in payload.items() if k not in ("format", "transform")}
+    legacy["rng"] = {**payload["rng"], "binarizer": payload["transform"]["generator"]}
+    save_checkpoint(tmp_path / "b.pt", legacy)
+    params2, _, _ = _fit(make, binarization, tmp_path / "b.pt", 2, resume=True)
+    for k in params:
+        assert torch.equal(params[k], params2[k]), k

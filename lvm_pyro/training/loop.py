@@ -280,6 +280,9 @@ class Trainer:
             self.optimizer.load_state_dict(payload["optimizer"])
         set_rng_state(payload["rng"]["global"])
         self.shuffle.set_state(payload["rng"]["shuffle"])
+        legacy = payload["rng"].get("binarizer")  # checkpoints written before transforms
+        if "transform" not in payload and legacy is not None and isinstance(self.transform, Binarizer):
+            payload = {**payload, "transform": {"mode": self.transform.mode, "generator": legacy}}
         for what, obj in (("transform", self.transform), ("objective", self.elbo)):
             saved = payload.get(what) or {}
             if _state_of(obj) is not None:

@@ -368,3 +368,21 @@ def test_checkpoint_from_before_data_transforms_still_resumes(tmp_path):
     params2, _, _ = _fit(make, binarization, tmp_path / "b.pt", 2, resume=True)
     for k in params:
         assert torch.equal(params[k], params2[k]), k
+
+
+def test_no_divergence_warning_while_the_kl_weight_changes():
+    """A KL warm-up raises the loss by design: the check compares only steps with one
+    weight; once the weight is constant, a diverging run warns again."""
+    from lvm_pyro.training.loop import DivergenceWarning
+
+    x = digits(1500)
+    model, guide = vae()
+    warm = KLWeighted_ELBO(Trace_ELBO(max_plate_nesting=1), beta=1.0, kl_warmup_steps=10**6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Trainer(model, guide, warm, lr=10.0, batch_size=100, progress=False).fit(x, epochs=2)
+    pyro.clear_param_store()
+    model, guide = vae()
+    const = KLWeighted_ELBO(Trace_ELBO(max_plate_nesting=1), beta=1.0)
+    with pytest.warns(DivergenceWarning):
+        Trainer(model, guide, const, lr=10.0, batch_size=100, progress=False).fit(x, epochs=1)

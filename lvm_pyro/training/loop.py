@@ -132,8 +132,9 @@ class Trainer:
             previous epoch's (for the first epoch: the loss of the very first step, with
             >= 4 steps in the epoch) by more than this fraction of it and 3 standard
             errors (:func:`loss_rose`). Full-batch training (one step per epoch) is not
-            checked. ``None`` turns the check off (e.g. when a KL schedule legitimately
-            raises the loss).
+            checked, nor are steps over which the objective itself changes (its
+            ``current_beta``, e.g. during a KL warm-up, which raises the loss by design).
+            ``None`` turns the check off.
 
     Raises:
         ValueError: bad hyper-parameters, or both ``transform`` and ``binarization``.
@@ -184,6 +185,7 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self._last_losses: list[float] = []  # per-step losses of the last epoch
+        self._last_weights: list = []  # the objective's KL weight at those steps
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.param_names: list[str] = []
         self._store_size = 0
@@ -252,6 +254,7 @@ class Trainer:
             "objective": _state_of(self.elbo) or {},
             "history": list(self.history),
             "step_losses": list(self._last_losses),
+            "step_weights": list(self._last_weights),
         }
 
     def save(self, path: Optional[str | Path] = None) -> Path:
@@ -299,6 +302,7 @@ class Trainer:
         self.epoch, self.step = int(payload["epoch"]), int(payload["step"])
         self.history = list(payload["history"])
         self._last_losses = list(payload.get("step_losses", []))
+        self._last_weights = list(payload.get("step_weights", []))
 
     # -- training --------------------------------------------------------------------
     def fit(self, x: torch.Tensor, epochs: int, *, resume: bool = False) -> list[dict]:
@@ -349,9 +353,10 @@ class Trainer:
                 t0 = time.perf_counter()
                 x_epoch = self.transform(x)
                 perm = torch.randperm(n, generator=self.shuffle).to(x.device)
-                total, count, losses = 0.0, 0, []
+                total, count, losses, weights = 0.0, 0, [], []
                 for start in range(0, n, self.batch_size):
                     idx = perm[start:start + self.batch_size]
+                    weights.append(getattr(self.elbo, "current_beta", None))
                     loss = self._step(x_epoch[idx], n, idx)
                     per_point = loss / (n if self._scaled else len(idx))
                     if not math.isfinite(per_point):
@@ -365,7 +370,7 @@ class Trainer:
                         bar.update(1)
                         bar.set_postfix(epoch=self.epoch + 1, loss=f"{total / count:.3f}")
                 self.epoch += 1
-                self._warn_if_rising(losses)
+                self._warn_if_rising(losses, weights)
                 m = EpochMetrics(self.epoch, total / count, time.perf_counter() - t0)
                 for cb in self.callbacks:
                     out = cb(self, m)
@@ -410,11 +415,14 @@ class Trainer:
                     return t.dtype
         return None
 
-    def _warn_if_rising(self, losses: list[float]) -> None:
-        """Warn when the loss rose through this epoch or from the previous one."""
+    def _warn_if_rising(self, losses: list[float], weights: list) -> None:
+        """Warn when the loss rose through this epoch or from the previous one, with the
+        objective unchanged over the steps compared (a KL schedule's weight, the
+        objective's ``current_beta``, constant)."""
         previous, self._last_losses = self._last_losses, list(losses)
+        previous_weights, self._last_weights = self._last_weights, list(weights)
         tol = self.divergence_tolerance
-        if tol is None:
+        if tol is None or len(set(previous_weights + weights)) > 1:
             return
         if previous:  # the epoch against the one before
             rose = len(previous) >= 2 and loss_rose(previous, losses, tol)

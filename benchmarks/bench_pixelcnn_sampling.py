@@ -5,9 +5,9 @@ layers, kernel 3 (receptive reach 5 rows / columns), 1x1 head of width 64, PyTor
 default initialisation (seed 0), float32, one CPU thread. Batch of 8 grids per call.
 
 * naive: ``H * W`` full forward passes of the network over the whole (B, H, W) grid
-  (:func:`lvm_pyro.ops.pixelcnn_sampling.sample_naive`);
+  (:func:`lvm_pyro.nn.pixelcnn_sampling.sample_naive`);
 * cached: vertical stack once per row, horizontal stack only at the current position
-  (:func:`lvm_pyro.ops.pixelcnn_sampling.sample_cached`, Ramachandran et al. 2017).
+  (:func:`lvm_pyro.nn.pixelcnn_sampling.sample_cached`, Ramachandran et al. 2017).
 
 Both consume the same uniforms; the script checks that they return the same codes and
 reports the largest logit difference. Wall time per batch of samples: best of
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from lvm_pyro.nn.pixelcnn import GatedPixelCNN
-from lvm_pyro.ops.pixelcnn_sampling import sample_cached, sample_naive
+from lvm_pyro.nn.pixelcnn_sampling import sample_cached, sample_naive
 
 RESULTS = Path(__file__).parent / "results"
 

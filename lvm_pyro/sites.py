@@ -7,7 +7,8 @@ and diagnostic in :mod:`lvm_pyro`:
   a program that takes only ``x`` still works (unscaled).
 * One ``pyro.plate("data", num_data or len(x), subsample=idx)`` wraps every site that
   belongs to a datapoint (use :func:`data_plate`).
-* Observation site ``"x"``, latent ``"z"``, VQ code indices ``"codes"``,
+* Observation site ``"x"``, latent ``"z"``, VQ code indices ``"codes"``, the quantised
+  VQ latent grid ``"z_q"`` (a Delta at the codebook rows of ``"codes"``),
   dequantisation noise ``"u"``; model and guide use the same latent names.
 * Auxiliary terms that are not part of p(x, z) (VQ codebook / commitment losses) are
   factors added with :func:`auxiliary_factor` (site ``infer={"lvm_auxiliary": True}``):
@@ -29,12 +30,13 @@ DATA_PLATE = "data"
 OBS = "x"
 LATENT = "z"
 CODES = "codes"
+QUANTIZED = "z_q"
 NOISE = "u"
 PARTICLE_PLATE = "_num_particles_vectorized"
 AUXILIARY = "lvm_auxiliary"
 
 __all__ = [
-    "DATA_PLATE", "OBS", "LATENT", "CODES", "NOISE", "PARTICLE_PLATE", "AUXILIARY",
+    "DATA_PLATE", "OBS", "LATENT", "CODES", "QUANTIZED", "NOISE", "PARTICLE_PLATE", "AUXILIARY",
     "data_plate", "program_kwargs", "auxiliary_factor",
 ]
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 
-from lvm_pyro.inference.kl_weighting import (FreeBits_ELBO, KLWeighted_ELBO, LatentScaleMessenger,
-                                             beta_schedule, kl_warmup_factor, per_dimension_kl)
+from lvm_pyro.inference.kl import per_dimension_kl
+from lvm_pyro.inference.kl_weighting import FreeBits_ELBO, KLWeighted_ELBO, LatentScaleMessenger
+from lvm_pyro.inference.schedules import LinearWarmup
 from lvm_pyro.sites import data_plate
 
 Z, D = 3, 4
@@ -81,25 +82,24 @@ def test_beta_scales_the_closed_form_kl():
 
 
 def test_warmup_schedule_formula_and_objective_follow_the_step():
-    assert [kl_warmup_factor(t, 4) for t in (0, 1, 2, 4, 9)] == [0.0, 0.25, 0.5, 1.0, 1.0]
-    assert kl_warmup_factor(5, 0) == 1.0
-    assert beta_schedule(3, beta=2.0, warmup_steps=6) == 1.0
+    assert [LinearWarmup(1.0, 4)(t) for t in (0, 1, 2, 4, 9)] == [0.0, 0.25, 0.5, 1.0, 1.0]
+    assert LinearWarmup(1.0, 0)(5) == 1.0
+    assert LinearWarmup(2.0, 6)(3) == 1.0
     with pytest.raises(ValueError, match="step"):
-        kl_warmup_factor(-1, 4)
+        LinearWarmup(1.0, 4)(-1)
 
     mf = lambda: TraceMeanField_ELBO(max_plate_nesting=1)  # noqa: E731
     _run(mf())
     elbo = KLWeighted_ELBO(mf(), beta=2.0, kl_warmup_steps=4)
     reference = KLWeighted_ELBO(mf(), beta=0.0)
     for t in range(6):  # parameters do not change (no optimiser): compare loss per step
-        assert elbo.current_step == t
+        assert elbo.step == t
         assert elbo.current_beta == pytest.approx(2.0 * min(1.0, t / 4))
         kl_total = (N / 6) * float(kl_per_dim().sum())
         diff = _run(elbo) - _run(reference)
         assert diff == pytest.approx(elbo.current_beta * kl_total, rel=1e-9, abs=1e-9)
         _run(elbo, grads=True)  # a training step advances t (gradients only, no update)
-    counter = {"t": 2}
-    elbo.step_source = lambda: counter["t"]
+    elbo.load_state_dict({**elbo.state_dict(), "step": 2})  # t is state, restored exactly
     assert elbo.current_beta == pytest.approx(1.0)
 
 

@@ -14,9 +14,10 @@ from pyro.distributions.testing.gof import multinomial_goodness_of_fit
 
 from lvm_pyro.inference import log_weights
 from lvm_pyro.models import GatedPixelCNNPrior
-from lvm_pyro.models.pixelcnn_prior import CodesPrior, PixelCNNCodes
+from lvm_pyro.models.codes_prior import ModuleCodesPrior
+from lvm_pyro.models.pixelcnn_prior import CodesPrior
 from lvm_pyro.nn.pixelcnn import GatedPixelCNN
-from lvm_pyro.ops.pixelcnn_sampling import inverse_cdf, sample_cached, sample_naive
+from lvm_pyro.nn.pixelcnn_sampling import inverse_cdf, sample_cached, sample_naive
 from lvm_pyro.sites import CODES, OBS, data_plate
 
 #: significance level of every goodness-of-fit test here: a correct sampler fails a given
@@ -212,7 +213,7 @@ def test_pyro_program_and_distribution():
     assert torch.allclose(tr.log_prob_sum(), prior.log_prob(codes).sum())
     assert any(k.startswith("net$$$") for k in pyro.get_param_store().keys())
     d = prior.distribution().expand([2, 5])
-    assert isinstance(d, PixelCNNCodes) and d.event_shape == (3, 3)
+    assert isinstance(d, ModuleCodesPrior) and d.event_shape == (3, 3)
     s = d.sample()
     assert s.shape == (2, 5, 3, 3) and int(s.min()) >= 0 and int(s.max()) < 4
     assert d.log_prob(s).shape == (2, 5)

@@ -10,8 +10,9 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO, TraceGraph_ELBO
 
-from lvm_pyro.inference import MLPBaseline, ScoreFunctionDistribution, ScoreFunctionGuide
-from lvm_pyro.inference.score_function import ScoreFunctionMessenger
+from lvm_pyro.inference import ScoreFunctionGuide
+from lvm_pyro.inference.score_function import (MLPBaseline, ScoreFunctionDistribution,
+                                               ScoreFunctionMessenger)
 from lvm_pyro.sites import data_plate
 
 K_Z, D_X, S = 2, 3, 0.8  # latent size, data size, noise scale

@@ -17,6 +17,7 @@ from lvm_pyro.inference import elbo_per_datapoint, log_marginal_likelihood, log_
 from lvm_pyro.models import DiscretizedLogisticLikelihood, VQVAEModel, make_likelihood
 from lvm_pyro.models.likelihoods import DiscretizedLogisticMixture
 from lvm_pyro.nn import VectorQuantizer, VQConvDecoder, VQConvEncoder
+from lvm_pyro.sites import QUANTIZED
 from lvm_pyro.training import Trainer
 
 
@@ -63,8 +64,8 @@ def test_sites_contract():
     mt = poutine.trace(poutine.replay(model, trace=gt)).get_trace(x)
     codes = gt.nodes["codes"]["value"]
     assert codes.dtype == torch.int64 and codes.shape == (6, 2, 2)
-    assert torch.equal(mt.nodes["z_q"]["value"], model.quantizer.lookup_grid(codes))
-    assert float(mt.nodes["z_q"]["fn"].log_prob(mt.nodes["z_q"]["value"]).sum()) == 0.0
+    assert torch.equal(mt.nodes[QUANTIZED]["value"], model.quantizer.lookup_grid(codes))
+    assert float(mt.nodes[QUANTIZED]["fn"].log_prob(mt.nodes[QUANTIZED]["value"]).sum()) == 0.0
     assert mt.nodes["codes"]["fn"].event_shape == (2, 2)
     for name in ("vq_codebook", "vq_commitment"):
         assert gt.nodes[name]["infer"]["lvm_auxiliary"] and gt.nodes[name]["infer"]["is_auxiliary"]

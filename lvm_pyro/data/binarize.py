@@ -1,4 +1,6 @@
-"""Binarisation of intensities in [0, 1] as in the IWAE paper (Burda et al. 2015, sec. 5)."""
+"""Binarisation of intensities in [0, 1] as in the IWAE paper (Burda et al. 2015, sec. 5),
+uniform dequantisation, and :class:`Binarizer`, the per-epoch data transform the training
+loop applies (seeded, with its state in the training checkpoint)."""
 
 from __future__ import annotations
 
@@ -12,15 +14,28 @@ __all__ = ["binarize", "Binarizer", "BINARIZATIONS", "binarize_test", "dequantiz
 BINARIZATIONS = ("dynamic", "static", "none", "dequantize")
 
 
+def _check_intensities(x: torch.Tensor, what: str) -> None:
+    """ValueError unless x is floating point, free of NaN and inside [0, 1]."""
+    if not torch.is_floating_point(x):
+        raise ValueError(f"{what} needs floating-point intensities in [0, 1], got dtype {x.dtype}; "
+                         "convert first, e.g. x.float() / 255 for 8-bit pixels")
+    nan = torch.isnan(x)
+    if bool(nan.any()):
+        first = tuple(int(i) for i in nan.nonzero()[0])
+        raise ValueError(f"{what}: the data holds {int(nan.sum())} NaN value(s) (first at index "
+                         f"{first}); drop or repair those pixels first")
+    if bool((x < 0).any()) or bool((x > 1).any()):
+        raise ValueError(f"{what} needs intensities in [0, 1]; rescale the data first")
+
+
 def binarize(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """One Bernoulli draw per pixel with p = x: x (..., ) float in [0, 1] -> same shape,
-    values in {0., 1.}.
+    """One Bernoulli draw per pixel with p = x: x (..., ) float in [0, 1] -> same shape
+    and dtype, values in {0., 1.}.
 
     Raises:
-        ValueError: x outside [0, 1].
+        ValueError: x not floating point, holding NaN, or outside [0, 1].
     """
-    if bool((x < 0).any()) or bool((x > 1).any()):
-        raise ValueError("binarize needs intensities in [0, 1]; rescale the data first")
+    _check_intensities(x, "binarize")
     return torch.bernoulli(x, generator=generator)
 
 
@@ -38,12 +53,11 @@ def dequantize(x: torch.Tensor, levels: int, generator: Optional[torch.Generator
     D log(levels) nats is an upper bound on the discrete NLL.
 
     Raises:
-        ValueError: x outside [0, 1] or levels < 2.
+        ValueError: x not floating point, holding NaN, outside [0, 1], or levels < 2.
     """
     if levels < 2:
         raise ValueError(f"levels must be >= 2, got {levels}")
-    if bool((x < 0).any()) or bool((x > 1).any()):
-        raise ValueError("dequantize needs intensities in [0, 1]; rescale the data first")
+    _check_intensities(x, "dequantize")
     k = torch.round(x * (levels - 1))
     u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
     return (k + u) / levels
@@ -55,26 +69,40 @@ def dequantize_test(x: torch.Tensor, levels: int, seed: int = 0) -> torch.Tensor
 
 
 class Binarizer:
-    """Per-epoch binarisation of a training set.
+    """The training loop's per-epoch data transform: binarise, dequantise or pass through.
 
     Modes: ``"dynamic"`` (a fresh Bernoulli draw every epoch from a seeded generator),
-    ``"static"`` (one fixed draw, made once with the seed), ``"none"`` (data unchanged),
-    ``"dequantize"`` (fresh uniform dequantisation noise every epoch, see
+    ``"static"`` (one fixed draw per data set, made with the seed), ``"none"`` (data
+    unchanged), ``"dequantize"`` (fresh uniform dequantisation noise every epoch, see
     :func:`dequantize`; needs ``levels``, the number of discrete intensity levels).
-    The generator state is part of the training checkpoint (:meth:`state`).
+
+    Its state (generator state and mode) is part of the training checkpoint
+    (:meth:`state_dict` / :meth:`load_state_dict`). The static draw is cached *per data
+    set*: it is reused only for the very tensor it was drawn from, unmodified, or one
+    equal to it; other data of the same shape get their own draw (from the seed).
+
+    Call: x (N, ...) float in [0, 1] -> (N, ...) same dtype and device.
 
     Raises:
-        ValueError: unknown mode.
+        ValueError: unknown mode or levels < 2 (at construction); on a call, data that
+            is not floating point, holds NaN or leaves [0, 1] (except mode ``"none"``).
     """
 
     def __init__(self, mode: str = "dynamic", seed: int = 0, levels: int = 256):
         if mode not in BINARIZATIONS:
             raise ValueError(f"binarization must be one of {BINARIZATIONS}, got {mode!r}")
+        if int(levels) != levels or levels < 2:
+            raise ValueError(f"levels must be an integer >= 2, got {levels}")
         self.mode = mode
         self.levels = int(levels)
         self.seed = int(seed)
         self.generator = torch.Generator().manual_seed(self.seed)
         self._static: Optional[torch.Tensor] = None
+        self._source: Optional[torch.Tensor] = None
+        self._source_version = -1
+
+    def __repr__(self) -> str:
+        return f"Binarizer({self.mode!r}, seed={self.seed}, levels={self.levels})"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The training data for the next epoch: x (N, ...) in [0, 1]."""
@@ -83,15 +111,36 @@ class Binarizer:
         if self.mode == "dequantize":
             return dequantize(x, self.levels, self.generator)
         if self.mode == "static":
-            if self._static is None or self._static.shape != x.shape:
+            if not self._is_source(x):
                 g = torch.Generator().manual_seed(self.seed)
                 self._static = binarize(x.cpu(), g).to(x.device)
+                self._source, self._source_version = x, x._version
             return self._static
         return binarize(x.cpu(), self.generator).to(x.device)
 
-    def state(self) -> torch.Tensor:
-        """Generator state (uint8 tensor) for checkpoints."""
-        return self.generator.get_state()
+    def _is_source(self, x: torch.Tensor) -> bool:
+        """True when ``x`` holds the data the cached static draw was made from."""
+        src = self._source
+        if src is None:
+            return False
+        if x is src and x._version == self._source_version:  # same tensor, not modified
+            return True
+        if x.shape != src.shape or x.dtype != src.dtype or x.device != src.device:
+            return False
+        return x is not src and bool(torch.equal(x, src))
 
-    def set_state(self, state: torch.Tensor) -> None:
-        self.generator.set_state(state)
+    def state_dict(self) -> dict:
+        """``{"mode", "generator"}`` (uint8 generator state): weights_only-safe. The static
+        draw is not stored: it is redrawn from the seed."""
+        return {"mode": self.mode, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`.
+
+        Raises:
+            ValueError: the saved mode differs from this transform's.
+        """
+        if state.get("mode", self.mode) != self.mode:
+            raise ValueError(f"the saved data transform is {state['mode']!r}, this one "
+                             f"{self.mode!r}; resume with the same binarization")
+        self.generator.set_state(state["generator"])

@@ -20,24 +20,21 @@ all on a trained run; ``docs/diagnostics.md`` explains how to read them.
 
 from .arviz_convert import draws_to_datatree, to_datatree
 from .errors import NotApplicableError
-from .importance import (EXACT_TOL, ImportanceDiagnostics, importance_diagnostics,
-                         importance_ess, khat_threshold, pareto_khat, sample_log_weights,
-                         summarize_khat)
-from .information import (ACTIVE_UNIT_THRESHOLD, ActiveUnits, KLDecomposition,
-                          MutualInformation, active_units, average_kl, kl_decomposition,
-                          kl_per_dimension, mutual_information)
-from .mcmc_reference import (GuideComparison, MCMCReference, compare_to_reference,
-                             energy_distance, nuts_reference)
+from .importance import (EXACT_TOL, ImportanceDiagnostics, importance_diagnostics, importance_ess,
+                         khat_threshold, pareto_khat, sample_log_weights, summarize_khat)
+from .information import (ACTIVE_UNIT_THRESHOLD, ActiveUnits, KLDecomposition, MutualInformation,
+                          active_units, average_kl, kl_decomposition, kl_per_dimension,
+                          mutual_information)
+from .mcmc_reference import (GuideComparison, MCMCReference, compare_to_reference, energy_distance,
+                             nuts_reference)
 from .sbc import SBCResult, rank_uniformity_pvalue, simulation_based_calibration
 
 __all__ = [
-    "importance_diagnostics", "ImportanceDiagnostics", "pareto_khat", "importance_ess",
-    "khat_threshold", "summarize_khat", "sample_log_weights", "EXACT_TOL",
-    "to_datatree", "draws_to_datatree",
-    "nuts_reference", "MCMCReference", "compare_to_reference", "GuideComparison",
-    "energy_distance",
-    "kl_per_dimension", "average_kl", "active_units", "ActiveUnits", "mutual_information",
-    "MutualInformation", "kl_decomposition", "KLDecomposition", "ACTIVE_UNIT_THRESHOLD",
-    "simulation_based_calibration", "SBCResult", "rank_uniformity_pvalue",
-    "NotApplicableError",
+    "ACTIVE_UNIT_THRESHOLD", "ActiveUnits", "EXACT_TOL", "GuideComparison",
+    "ImportanceDiagnostics", "KLDecomposition", "MCMCReference", "MutualInformation",
+    "NotApplicableError", "SBCResult", "active_units", "average_kl", "compare_to_reference",
+    "draws_to_datatree", "energy_distance", "importance_diagnostics", "importance_ess",
+    "khat_threshold", "kl_decomposition", "kl_per_dimension", "mutual_information",
+    "nuts_reference", "pareto_khat", "rank_uniformity_pvalue", "sample_log_weights",
+    "simulation_based_calibration", "summarize_khat", "to_datatree",
 ]

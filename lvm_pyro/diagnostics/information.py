@@ -24,13 +24,13 @@ estimator's bias bound and shrinks as M grows relative to e^{I}.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple
 
-import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from torch.distributions import kl_divergence
 
+from ..inference.kl import NonFactorizedLatentError, per_dimension_kl
 from .errors import NotApplicableError
 from ..sites import LATENT
 
@@ -81,18 +81,6 @@ def prior_distribution(model: Callable, guide: Callable, x: torch.Tensor, latent
     return fn.expand(torch.Size([x.shape[0]])) if tuple(fn.batch_shape) != (x.shape[0],) else fn
 
 
-def _marginals(fn) -> Optional[dist.Distribution]:
-    """An element-wise distribution of the event's coordinates, batch shape
-    batch_shape + event_shape, or None when the event does not factorise / is unknown."""
-    if isinstance(fn, torch.distributions.Independent):
-        return _marginals(fn.base_dist)
-    if isinstance(fn, torch.distributions.MultivariateNormal):
-        return dist.Normal(fn.loc, fn.variance.sqrt())
-    if len(fn.event_shape) == 0:
-        return fn
-    return None
-
-
 def _mean(fn, num_samples: int = 256) -> torch.Tensor:
     try:
         return fn.mean
@@ -125,18 +113,11 @@ def kl_per_dimension(model: Callable, guide: Callable, x: torch.Tensor, *,
     """
     q = guide_distribution(guide, x, latent)
     p = prior_distribution(model, guide, x, latent)
-    qm, pm = _marginals(q), _marginals(p)
-    if qm is None or pm is None:
-        raise NotApplicableError(f"site {latent!r}: per-dimension KL needs guide and prior that "
-                         "factorise over the latent's coordinates (Normal, Independent, "
-                         f"MultivariateNormal marginals); got {type(q).__name__} and "
-                         f"{type(p).__name__}")
-    pm = pm.expand(qm.batch_shape)
     try:
-        return kl_divergence(qm, pm)
-    except NotImplementedError:
-        z = qm.sample((num_samples,))
-        return (qm.log_prob(z) - pm.log_prob(z)).mean(0)
+        kl, _ = per_dimension_kl(q, p, None, latent, marginals=True, num_samples=num_samples)
+    except NonFactorizedLatentError as e:
+        raise NotApplicableError(str(e)) from e
+    return kl
 
 
 @torch.no_grad()

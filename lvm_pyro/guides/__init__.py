@@ -2,16 +2,13 @@
 :mod:`lvm_pyro.nn`."""
 
 from .amortized_normal import AmortizedNormalGuide
+from .empty import EmptyGuide
 from .linear_gaussian import LinearGaussianPosteriorGuide
 from .local_normal import LocalNormalGuide
-from .empty import EmptyGuide
+from .sigmoid_belief_net import InputBaseline, SigmoidBeliefNetGuide
+from .vqvae import VQEncoderGuide
 
-__all__ = ["AmortizedNormalGuide", "LinearGaussianPosteriorGuide"]
-
-__all__ += ["LocalNormalGuide", "EmptyGuide"]
-from .vqvae import VQEncoderGuide  # noqa: E402
-
-__all__ += ["VQEncoderGuide"]
-from .sigmoid_belief_net import InputBaseline, SigmoidBeliefNetGuide  # noqa: E402
-
-__all__ += ["SigmoidBeliefNetGuide", "InputBaseline"]
+__all__ = [
+    "AmortizedNormalGuide", "EmptyGuide", "InputBaseline", "LinearGaussianPosteriorGuide",
+    "LocalNormalGuide", "SigmoidBeliefNetGuide", "VQEncoderGuide",
+]

@@ -12,7 +12,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from ..nn.quantizer import QuantizerOutput, VectorQuantizer
-from ..sites import CODES, auxiliary_factor, data_plate
+from ..sites import CODES, QUANTIZED, auxiliary_factor, data_plate
 
 __all__ = ["VQEncoderGuide", "CODEBOOK_FACTOR", "COMMITMENT_FACTOR"]
 
@@ -69,7 +69,7 @@ class VQEncoderGuide(PyroModule):
         out = self.encode(x)
         with data_plate(x, num_data, idx):
             pyro.sample(CODES, dist.Delta(out.indices, event_dim=2))
-            pyro.sample("z_q", dist.Delta(out.quantized, event_dim=3))
+            pyro.sample(QUANTIZED, dist.Delta(out.quantized, event_dim=3))
             auxiliary_factor(CODEBOOK_FACTOR, out.losses.codebook.sum((-2, -1)))
             auxiliary_factor(COMMITMENT_FACTOR, out.losses.commitment.sum((-2, -1)))
         return out

@@ -4,16 +4,18 @@ beta and warm-up (Higgins et al. 2017; Bowman et al. 2015) multiply the latent t
 the ELBO. With every latent site of model and guide scaled by beta,
 
     elbo_beta = E_q[ log p(x | z) + beta (log p(z) - log q(z | x)) ]
-              = E_q[ log p(x | z) ] - beta KL(q(z | x) || p(z))        (lecture, section 10)
+              = E_q[ log p(x | z) ] - beta KL(q(z | x) || p(z))        (Higgins et al. 2017, eq. 4)
 
 which is ``poutine.scale`` applied to the *latent* sites only (observations keep scale
-1): :class:`LatentScaleMessenger`, :func:`scale_latents`. The warm-up schedule is a pure
-function of the number t of optimiser steps already taken (:func:`kl_warmup_factor`):
+1): :class:`LatentScaleMessenger`, :func:`scale_latents`. beta_t is a schedule, a pure
+function of the number t of optimiser steps already taken (:mod:`.schedules`), e.g. the
+linear warm-up
 
     beta_t = beta * min(1, t / T_warmup)          (beta_t = beta when T_warmup = 0)
 
 so the first step (t = 0) has no KL term and beta is reached after T_warmup steps.
-:class:`KLWeighted_ELBO` wraps any Pyro ``ELBO`` with it.
+:class:`KLWeighted_ELBO` wraps any Pyro ``ELBO`` with a schedule and keeps t as its
+state (:meth:`KLWeighted_ELBO.state_dict`, part of the training checkpoint).
 
 Free bits (Kingma et al. 2016, "Improved variational inference with inverse
 autoregressive flow", appendix C.8, eq. 15) cannot be written as a scale: for each
@@ -34,47 +36,20 @@ import math
 import warnings
 from typing import Callable, Optional, Sequence, Union
 
-import pyro.distributions as dist
 import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
-from torch.distributions import kl_divergence
 
 from ..sites import DATA_PLATE, program_kwargs
 from .log_weights import (guess_max_plate_nesting, is_auxiliary_site, plate_scale, run_vectorized,
                           site_log_prob_per_datapoint)
+from .kl import per_dimension_kl
+from .schedules import ConstantSchedule, LinearWarmup, Schedule, schedule_to_dict
 
-__all__ = ["kl_warmup_factor", "beta_schedule", "LatentScaleMessenger", "scale_latents",
-           "KLWeighted_ELBO", "FreeBits_ELBO", "per_dimension_kl"]
-
-
-def kl_warmup_factor(step: int, warmup_steps: int) -> float:
-    """Linear KL warm-up (Bowman et al. 2015, section 3.1): min(1, step / warmup_steps).
-
-    Args:
-        step: optimiser steps already taken, t >= 0.
-        warmup_steps: T >= 0; 0 means no warm-up (factor 1 from the start).
-
-    Returns:
-        a float in [0, 1].
-
-    Raises:
-        ValueError: negative ``step`` or ``warmup_steps``.
-    """
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
-    if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-    if warmup_steps == 0:
-        return 1.0
-    return min(1.0, step / warmup_steps)
-
-
-def beta_schedule(step: int, beta: float = 1.0, warmup_steps: int = 0) -> float:
-    """beta_t = beta * min(1, t / T_warmup): the KL weight at optimiser step t."""
-    return beta * kl_warmup_factor(step, warmup_steps)
+__all__ = ["LatentScaleMessenger", "scale_latents",
+           "KLWeighted_ELBO", "FreeBits_ELBO"]
 
 
 def _is_latent(msg: dict) -> bool:
@@ -127,60 +102,106 @@ def scale_latents(fn: Callable, scale: Union[float, Callable[[], float]],
 
 
 class KLWeighted_ELBO(ELBO):
-    """Any Pyro ``ELBO`` with the latent terms weighted by beta_t (beta-VAE with linear
-    KL warm-up): model and guide run with their latent sites scaled by
+    """Any Pyro ``ELBO`` with the latent terms weighted by a schedule beta_t (beta-VAE,
+    KL warm-up, cyclical annealing): model and guide run with their latent sites scaled by
 
-        beta_t = beta * min(1, t / kl_warmup_steps),
+        beta_t = schedule(t),    t = the number of :meth:`loss_and_grads` calls so far
 
-    t = the number of :meth:`loss_and_grads` calls so far (optimiser steps), or
-    ``step_source()`` when set (e.g. ``lambda: trainer.step``, so the schedule follows
-    the trainer's step counter exactly across checkpoints and resumes).
+    (one per optimiser step). t is this object's state: :meth:`state_dict` /
+    :meth:`load_state_dict` carry it (and the schedule, for a check) through training
+    checkpoints, so a resumed run continues the schedule exactly.
 
-    With ``beta = 1`` and no warm-up it is the wrapped objective itself (same values and
-    gradients); with Trace_ELBO its loss is -E_q[log p(x|z)] + beta_t * KL estimate.
-    ``loss`` and ``differentiable_loss`` do not advance t.
+    With beta_t = 1 it is the wrapped objective itself (same values and gradients); with
+    Trace_ELBO its loss is -E_q[log p(x|z)] + beta_t * KL estimate. ``loss`` and
+    ``differentiable_loss`` do not advance t.
 
     Args:
         elbo: the objective to weight (``Trace_ELBO``, ``TraceMeanField_ELBO``,
             ``TraceGraph_ELBO``, :class:`FreeBits_ELBO`, ...). Importance-weighted
             objectives (IWAE, VIMCO) reject scaled sites.
-        beta: final KL weight, >= 0.
-        kl_warmup_steps: T >= 0 optimiser steps of linear warm-up (0: none).
+        beta: shorthand for ``schedule=ConstantSchedule(beta)`` (or, with
+            ``kl_warmup_steps`` T > 0, for ``LinearWarmup(beta, T)``); default 1.
+        schedule: a :class:`~lvm_pyro.inference.schedules.Schedule` of t; exclusive with
+            ``beta`` / ``kl_warmup_steps``.
+        kl_warmup_steps: T >= 0 optimiser steps of linear warm-up to ``beta`` (0: none).
         sites: latent sites to weight (default: all).
 
     Raises:
-        ValueError: negative ``beta`` or ``kl_warmup_steps``.
+        ValueError: negative ``beta`` or ``kl_warmup_steps``, ``schedule`` given with
+            ``beta`` / ``kl_warmup_steps``, or a ``schedule`` that is not a ``Schedule``.
     """
 
-    def __init__(self, elbo: ELBO, beta: float = 1.0, kl_warmup_steps: int = 0,
-                 sites: Optional[Sequence[str]] = None):
-        if not beta >= 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
-        if int(kl_warmup_steps) != kl_warmup_steps or kl_warmup_steps < 0:
-            raise ValueError(f"kl_warmup_steps must be an integer >= 0, got {kl_warmup_steps}")
+    def __init__(self, elbo: ELBO, beta: Optional[float] = None, kl_warmup_steps: int = 0, *,
+                 schedule: Optional[Schedule] = None, sites: Optional[Sequence[str]] = None):
+        if schedule is not None:
+            if beta is not None or kl_warmup_steps:
+                raise ValueError("give either schedule= or beta= (with kl_warmup_steps=), not "
+                                 "both: e.g. schedule=LinearWarmup(beta, kl_warmup_steps)")
+            if not isinstance(schedule, Schedule):
+                raise ValueError(f"schedule must be a lvm_pyro.inference.schedules.Schedule "
+                                 f"(ConstantSchedule, LinearWarmup, ...), got "
+                                 f"{type(schedule).__name__}")
+        else:
+            beta = 1.0 if beta is None else beta
+            if not beta >= 0:
+                raise ValueError(f"beta must be >= 0, got {beta}")
+            if int(kl_warmup_steps) != kl_warmup_steps or kl_warmup_steps < 0:
+                raise ValueError(f"kl_warmup_steps must be an integer >= 0, got {kl_warmup_steps}")
+            schedule = (LinearWarmup(float(beta), int(kl_warmup_steps)) if kl_warmup_steps
+                        else ConstantSchedule(float(beta)))
         super().__init__(num_particles=elbo.num_particles,
                          max_plate_nesting=elbo.max_plate_nesting)
         self.elbo = elbo
-        self.beta = float(beta)
-        self.kl_warmup_steps = int(kl_warmup_steps)
+        self.schedule = schedule
         self.sites = None if sites is None else list(sites)
         self.step = 0
-        self.step_source: Optional[Callable[[], int]] = None
 
     def __repr__(self) -> str:
-        return (f"KLWeighted_ELBO({self.elbo!r}, beta={self.beta}, "
-                f"kl_warmup_steps={self.kl_warmup_steps})")
+        return f"KLWeighted_ELBO({self.elbo!r}, schedule={self.schedule!r})"
 
     @property
-    def current_step(self) -> int:
-        """t: ``step_source()`` when set, else the count of :meth:`loss_and_grads` calls."""
-        return int(self.step_source()) if self.step_source is not None else self.step
+    def beta(self) -> float:
+        """The schedule's final (or top) weight, ``schedule.value``."""
+        return float(self.schedule.value)
+
+    @property
+    def kl_warmup_steps(self) -> int:
+        """T of a :class:`LinearWarmup` schedule, else 0."""
+        return int(getattr(self.schedule, "warmup_steps", 0))
 
     @property
     def current_beta(self) -> float:
-        """beta_t = beta * min(1, t / kl_warmup_steps) at the current step."""
-        return beta_schedule(self.current_step, self.beta, self.kl_warmup_steps)
+        """beta_t = schedule(t) at the current step t."""
+        return self.schedule(self.step)
 
+    # -- state ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """``{"step": t, "schedule": schedule as a dict, "elbo": the wrapped objective's
+        state_dict (when it has one)}``, weights_only-safe."""
+        inner = getattr(self.elbo, "state_dict", None)
+        return {"step": int(self.step), "schedule": schedule_to_dict(self.schedule),
+                "elbo": inner() if callable(inner) else {}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore t (and the wrapped objective's state) from :meth:`state_dict`.
+
+        Raises:
+            ValueError: the saved schedule differs from this object's (the run would not
+                continue the same schedule).
+        """
+        saved = state.get("schedule")
+        if saved is not None and saved != schedule_to_dict(self.schedule):
+            raise ValueError(f"the saved KL schedule {saved} differs from this objective's "
+                             f"{schedule_to_dict(self.schedule)}; resume with the same schedule")
+        step = state["step"]
+        if int(step) != step or step < 0:
+            raise ValueError(f"saved step must be an integer >= 0, got {step!r}")
+        self.step = int(step)
+        inner = getattr(self.elbo, "load_state_dict", None)
+        if callable(inner) and state.get("elbo"):
+            inner(state["elbo"])
+
+    # -- objective -------------------------------------------------------------------------
     def _wrap(self, model, guide):
         b = self.current_beta
         return scale_latents(model, b, self.sites), scale_latents(guide, b, self.sites)
@@ -202,54 +223,6 @@ class KLWeighted_ELBO(ELBO):
         return loss
 
 
-def _factorised_base(fn, role: str, name: str):
-    """(univariate base distribution, number of reinterpreted event dims) of a site's
-    distribution, or ValueError for a non-factorised one."""
-    base = fn
-    while isinstance(base, dist.Independent):
-        base = base.base_dist
-    if len(base.event_shape) != 0:
-        raise ValueError(
-            f"free bits needs a factorised latent site: the {role} distribution of site "
-            f"'{name}' is {type(base).__name__} with event shape {tuple(base.event_shape)} "
-            "(not univariate under .to_event). Use a diagonal distribution "
-            "(e.g. Normal(loc, scale).to_event(1)) or plain beta / KL warm-up instead")
-    return base
-
-
-def per_dimension_kl(guide_fn, model_fn, value: torch.Tensor, name: str = "z"
-                     ) -> tuple[torch.Tensor, bool]:
-    """KL(q(z_j) || p(z_j)) for every coordinate j of a factorised latent site.
-
-    Args:
-        guide_fn, model_fn: the site's distributions in guide and model, each a
-            univariate distribution, possibly under ``.to_event(...)``; batch shapes
-            broadcast.
-        value: the sampled z (batch_shape + event_shape), used for the Monte-Carlo
-            estimate when no closed form is registered.
-        name: site name for error messages.
-
-    Returns:
-        ``(kl, analytic)``: ``kl`` of shape ``guide_fn.batch_shape + guide_fn.event_shape``
-        in nats (closed form when ``torch.distributions.kl_divergence`` is registered for
-        the pair of base distributions, ``analytic=True``; else the one-sample estimate
-        log q(z_j) - log p(z_j) at ``value``, ``analytic=False``).
-
-    Raises:
-        ValueError: a non-factorised distribution (e.g. ``MultivariateNormal``).
-    """
-    q = _factorised_base(guide_fn, "guide", name)
-    p = _factorised_base(model_fn, "model", name)
-    shape = guide_fn.batch_shape + guide_fn.event_shape
-    try:
-        kl = kl_divergence(q, p)
-        analytic = True
-    except NotImplementedError:
-        kl = q.log_prob(value) - p.log_prob(value)
-        analytic = False
-    return kl.expand(shape), analytic
-
-
 class FreeBits_ELBO(ELBO):
     """Free bits (Kingma et al. 2016, appendix C.8): the ELBO with each latent
     dimension's minibatch-averaged KL clamped from below by ``free_bits`` (lambda, nats).
@@ -259,7 +232,7 @@ class FreeBits_ELBO(ELBO):
 
     KL-bar_j = the mean of KL_j over the K particles, the B datapoints (and any other
     plate) of the minibatch, per coordinate j of the site's event; KL_j in closed form
-    where registered, else Monte Carlo (:func:`per_dimension_kl`); beta_site is any extra
+    where registered, else Monte Carlo (:func:`~lvm_pyro.inference.kl.per_dimension_kl`); beta_site is any extra
     scale the site carries (e.g. from :class:`KLWeighted_ELBO`, so beta and warm-up
     compose with free bits). With ``free_bits = 0`` and closed-form KLs the loss and its
     gradient equal ``TraceMeanField_ELBO``'s. Gradients are pathwise: every guide latent

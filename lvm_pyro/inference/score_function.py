@@ -28,7 +28,9 @@ Baselines (``baseline=``):
 * ``None``: the plain estimator;
 * ``"decaying_avg"``: Pyro's exponential moving average of the downstream cost,
   b_t = beta b_{t-1} + (1 - beta) f_{t-1}, element-wise over the site's batch shape
-  (so the batch size must stay the same from call to call);
+  (minibatch slots hold random datapoints, so the slots' averages estimate the same
+  mean cost: when the batch size changes, e.g. on a data set's last, smaller batch,
+  every slot of the new shape starts from the mean of the previous slots);
 * a torch module (e.g. :class:`MLPBaseline`), or a dict site name -> module: a learned,
   input-dependent baseline b_psi(x) (NVIL, Mnih & Gregor 2014, section 3.3), evaluated
   on x broadcast to the site's batch shape (particles included) and multiplied by the
@@ -236,6 +238,8 @@ class ScoreFunctionMessenger(Messenger):
     def _pyro_post_sample(self, msg: dict) -> None:
         if not self._selected(msg):
             return
+        if self.use_decaying_avg:
+            _fit_decaying_average(msg["name"], msg["fn"].batch_shape)
         options = msg["infer"].get("baseline")
         if not options or options.get("nn_baseline") is None:
             return
@@ -252,6 +256,22 @@ class ScoreFunctionMessenger(Messenger):
         scale = _data_scale(msg)
         if scale != 1.0:
             options["nn_baseline"] = _ScaledBaseline(options["nn_baseline"], scale)
+
+
+_AVG_PREFIX = "__baseline_avg_downstream_cost_"  # Pyro's name (pyro/infer/tracegraph_elbo.py)
+
+
+def _fit_decaying_average(name: str, batch_shape: torch.Size) -> None:
+    """Give Pyro's stored moving average of site ``name`` the site's batch shape (filled
+    with the mean of the stored slots) when the batch size changed since the last step."""
+    store = pyro.get_param_store()
+    key = _AVG_PREFIX + name
+    if key not in store:
+        return
+    avg = store[key]
+    if avg.shape != batch_shape:
+        with torch.no_grad():
+            store[key] = avg.detach().mean().expand(batch_shape).clone()
 
 
 class ScoreFunctionGuide(nn.Module):

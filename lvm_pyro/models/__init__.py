@@ -1,21 +1,17 @@
 """Generative models p(x, z) as Pyro programs (site names: :mod:`lvm_pyro.sites`)."""
 
-from .likelihoods import BernoulliLikelihood, GaussianLikelihood, Likelihood, make_likelihood
-from .linear_gaussian import LinearGaussianModel
-from .vae import VAEModel
+from .codes_prior import ModuleCodesPrior
 from .gaussian_mixture import GaussianMixtureModel
+from .likelihoods import (BernoulliLikelihood, DiscretizedLogisticLikelihood, GaussianLikelihood,
+                          Likelihood, make_likelihood)
+from .linear_gaussian import LinearGaussianModel
+from .pixelcnn_prior import GatedPixelCNNPrior
+from .sigmoid_belief_net import SigmoidBeliefNetModel
+from .vae import VAEModel
+from .vqvae import VQVAEModel
 
-__all__ = ["VAEModel", "LinearGaussianModel", "Likelihood", "BernoulliLikelihood",
-           "GaussianLikelihood", "make_likelihood"]
-
-__all__ += ["GaussianMixtureModel"]
-from .pixelcnn_prior import GatedPixelCNNPrior  # noqa: E402
-
-__all__ += ["GatedPixelCNNPrior"]
-from .likelihoods import DiscretizedLogisticLikelihood  # noqa: E402
-from .vqvae import VQVAEModel  # noqa: E402
-
-__all__ += ["VQVAEModel", "DiscretizedLogisticLikelihood"]
-from .sigmoid_belief_net import SigmoidBeliefNetModel  # noqa: E402
-
-__all__ += ["SigmoidBeliefNetModel"]
+__all__ = [
+    "BernoulliLikelihood", "DiscretizedLogisticLikelihood", "GatedPixelCNNPrior",
+    "GaussianLikelihood", "GaussianMixtureModel", "Likelihood", "LinearGaussianModel",
+    "ModuleCodesPrior", "SigmoidBeliefNetModel", "VAEModel", "VQVAEModel", "make_likelihood",
+]

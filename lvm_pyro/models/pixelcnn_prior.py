@@ -10,22 +10,20 @@ uniform ``"codes"`` prior for this one (:class:`CodesPrior`) gives the two-stage
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional, Sequence
 
 import pyro
-import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from pyro.distributions import constraints
 from pyro.nn import PyroModule
 from pyro.poutine.messenger import Messenger
 
 from ..nn.pixelcnn import GatedPixelCNN
-from ..ops.pixelcnn_sampling import sample_cached, sample_naive
+from ..nn.pixelcnn_sampling import sample_cached, sample_naive
 from ..sites import CODES, data_plate
+from .codes_prior import ModuleCodesPrior
 
-__all__ = ["GatedPixelCNNPrior", "PixelCNNCodes", "CodesPrior"]
+__all__ = ["GatedPixelCNNPrior", "CodesPrior"]
 
 
 def _check_codes(codes: torch.Tensor, num_codes: int, grid_shape: tuple[int, int]) -> None:
@@ -125,7 +123,7 @@ class GatedPixelCNNPrior(PyroModule):
             y: (num_samples,) int64 labels for a class-conditional prior (or one int).
             method: ``"cached"`` (default; Ramachandran et al. 2017, about one forward
                 pass of work) or ``"naive"`` (H * W full forward passes). Same draws given
-                the same ``uniforms`` (:mod:`lvm_pyro.ops.pixelcnn_sampling`).
+                the same ``uniforms`` (:mod:`lvm_pyro.nn.pixelcnn_sampling`).
             uniforms: optional (num_samples, H, W) in [0, 1) in the network's dtype and
                 device, consumed by inverse-CDF sampling in raster order; drawn with
                 ``generator`` (or the global RNG) when None.
@@ -151,61 +149,16 @@ class GatedPixelCNNPrior(PyroModule):
         fn = sample_cached if method == "cached" else sample_naive
         return fn(self.net, uniforms, y).codes
 
-    def distribution(self, y: Optional[torch.Tensor] = None) -> "PixelCNNCodes":
+    def distribution(self, y: Optional[torch.Tensor] = None) -> ModuleCodesPrior:
         """This prior as a Pyro distribution over (H, W) code grids (batch shape y.shape,
-        or () when unconditional)."""
+        or () when unconditional), sampled by the cached sampler."""
         self.net  # inside a PyroModule call this registers the weights (pyro.module)
-        return PixelCNNCodes(self, y)
+        return ModuleCodesPrior(self, self.grid_shape, self.num_codes, y)
 
     def forward(self, codes: torch.Tensor, *, y: Optional[torch.Tensor] = None,
                 num_data: Optional[int] = None, idx: Optional[torch.Tensor] = None) -> None:
         with data_plate(codes, num_data, idx):
             pyro.sample(CODES, self.distribution(y), obs=codes)
-
-
-class PixelCNNCodes(dist.TorchDistribution):
-    """A :class:`GatedPixelCNNPrior` as a distribution with event shape (H, W).
-
-    ``log_prob(value)``: value (..., H, W) int64 -> (...) nats; ``sample(sample_shape)``:
-    (*sample_shape, *batch_shape, H, W) int64 by the cached sampler (not
-    reparameterisable).
-    """
-
-    arg_constraints: dict = {}
-    has_enumerate_support = False
-
-    def __init__(self, prior: GatedPixelCNNPrior, y: Optional[torch.Tensor] = None,
-                 batch_shape: Optional[torch.Size] = None, validate_args=None):
-        self.prior = prior
-        self.y = None if y is None else torch.as_tensor(y).long()
-        if batch_shape is None:
-            batch_shape = self.y.shape if self.y is not None else torch.Size()
-        super().__init__(torch.Size(batch_shape), torch.Size(prior.grid_shape),
-                         validate_args=validate_args)
-
-    @constraints.dependent_property(is_discrete=True, event_dim=2)
-    def support(self):
-        return constraints.independent(constraints.integer_interval(0, self.prior.num_codes - 1), 2)
-
-    def expand(self, batch_shape, _instance=None):
-        batch_shape = torch.Size(batch_shape)
-        y = None if self.y is None else self.y.expand(batch_shape)
-        return PixelCNNCodes(self.prior, y, batch_shape, validate_args=self._validate_args)
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        if self._validate_args:
-            self._validate_sample(value)
-        y = None
-        if self.y is not None:
-            y = self.y.expand(torch.broadcast_shapes(self.y.shape, value.shape[:-2]))
-            value = value.expand(*y.shape, *value.shape[-2:])
-        return self.prior.log_prob(value, y)
-
-    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
-        shape = torch.Size(sample_shape) + self.batch_shape
-        n = max(1, math.prod(shape))
-        y = None if self.y is None else self.y.expand(shape).reshape(-1)
-        return self.prior.sample(n, y).reshape(*shape, *self.event_shape)
 
 
 class CodesPrior(Messenger):
@@ -235,4 +188,4 @@ class CodesPrior(Messenger):
         if tuple(fn.event_shape) != self.prior.grid_shape:
             raise ValueError(f"site {CODES!r} has event shape {tuple(fn.event_shape)} but the "
                              f"prior's grid is {self.prior.grid_shape}")
-        msg["fn"] = PixelCNNCodes(self.prior, self.y).expand(fn.batch_shape)
+        msg["fn"] = self.prior.distribution(self.y).expand(fn.batch_shape)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import pyro
@@ -10,58 +9,13 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 from torch import nn
-from torch.distributions import constraints
 
 from ..nn.quantizer import VectorQuantizer
-from ..sites import CODES, OBS, data_plate
+from ..sites import CODES, OBS, QUANTIZED, data_plate
+from .codes_prior import ModuleCodesPrior
 from .likelihoods import Likelihood
 
-__all__ = ["VQVAEModel", "ModuleCodesPrior", "Z_Q"]
-
-#: site of the quantised latent grid (a Delta at the codebook rows of ``"codes"``)
-Z_Q = "z_q"
-
-
-class ModuleCodesPrior(dist.TorchDistribution):
-    """A Pyro distribution over (H, W) code grids backed by a prior module with
-    ``log_prob(codes (..., H, W) int64) -> (...)`` nats and, for sampling,
-    ``sample(num_samples) -> (num_samples, H, W)`` int64 (e.g. a PixelCNN prior).
-
-    Args:
-        prior: the module.
-        grid_shape: (H, W).
-        codebook_size: K (support 0 .. K-1).
-        batch_shape: batch shape of the distribution.
-    """
-
-    arg_constraints: dict = {}
-    has_rsample = False
-
-    def __init__(self, prior: nn.Module, grid_shape: Sequence[int], codebook_size: int,
-                 batch_shape=torch.Size(), validate_args=None):
-        self.prior, self.codebook_size = prior, int(codebook_size)
-        super().__init__(torch.Size(batch_shape), torch.Size(grid_shape), validate_args=validate_args)
-
-    @constraints.dependent_property
-    def support(self):
-        return constraints.independent(constraints.integer_interval(0, self.codebook_size - 1), 2)
-
-    def expand(self, batch_shape, _instance=None):
-        return ModuleCodesPrior(self.prior, self.event_shape, self.codebook_size, batch_shape,
-                                validate_args=False)
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        """log p(codes), value (..., H, W) int64 -> (...), nats."""
-        lead = value.shape[:-2]
-        flat = value.reshape(-1, *value.shape[-2:])  # (n, H, W)
-        return self.prior.log_prob(flat).reshape(lead)
-
-    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
-        shape = torch.Size(sample_shape) + self.batch_shape
-        n = max(1, math.prod(shape))
-        with torch.no_grad():
-            codes = self.prior.sample(n)  # (n, H, W)
-        return codes.reshape(*shape, *self.event_shape)
+__all__ = ["VQVAEModel"]
 
 
 class VQVAEModel(PyroModule):
@@ -137,7 +91,7 @@ class VQVAEModel(PyroModule):
         with data_plate(x, num_data, idx):
             codes = pyro.sample(CODES, self.codes_distribution())  # (..., batch, h, w)
             e = self.quantizer.lookup_grid(codes).detach()  # (..., batch, D, h, w)
-            z_q = pyro.sample(Z_Q, dist.Delta(e, event_dim=3))  # guide: straight-through
+            z_q = pyro.sample(QUANTIZED, dist.Delta(e, event_dim=3))  # guide: straight-through
             params = self.decoder(z_q)  # (..., batch, P, *event_shape)
             pyro.sample(OBS, self.likelihood(params, len(self.event_shape)), obs=x)
 

@@ -3,10 +3,10 @@ dimensions, since vectorised particles add one."""
 
 from .conv import ConvDecoder, ConvEncoder
 from .mlp import MLP
+from .quantizer import CodebookUsage, QuantizerOutput, VectorQuantizer, codebook_usage
+from .vq_conv import VQConvDecoder, VQConvEncoder
 
-__all__ = ["MLP", "ConvEncoder", "ConvDecoder"]
-from .quantizer import CodebookUsage, QuantizerOutput, VectorQuantizer, codebook_usage  # noqa: E402
-from .vq_conv import VQConvDecoder, VQConvEncoder  # noqa: E402
-
-__all__ += ["VectorQuantizer", "QuantizerOutput", "CodebookUsage", "codebook_usage",
-            "VQConvEncoder", "VQConvDecoder"]
+__all__ = [
+    "CodebookUsage", "ConvDecoder", "ConvEncoder", "MLP", "QuantizerOutput", "VQConvDecoder",
+    "VQConvEncoder", "VectorQuantizer", "codebook_usage",
+]

@@ -1,7 +1,7 @@
 """Gated PixelCNN network (van den Oord et al. 2016, "Conditional Image Generation with
 PixelCNN Decoders", Sec. 2.1-2.3 and Fig. 2) over a grid of integer symbols.
 
-Plain torch: no Pyro, no sampling loop (see :mod:`lvm_pyro.ops.pixelcnn_sampling` for the
+Plain torch: no Pyro, no sampling loop (see :mod:`lvm_pyro.nn.pixelcnn_sampling` for the
 naive and the cached sampler, :class:`lvm_pyro.models.GatedPixelCNNPrior` for the prior).
 
 Masks as cropped kernels

@@ -28,7 +28,8 @@ step (several non-vectorised particles, for example) are averaged, so there is o
 update per step, never one per particle. With ``auto_update=False`` call ``update()``
 yourself after each step.
 
-Dead codes: a code whose moving-average usage (assignments per step) falls below
+Dead codes: a code whose moving-average usage (assignments per step; seeded with the
+k-means counts, or with the first step's counts when ``kmeans_init=False``) falls below
 ``dead_code_threshold`` is restarted at a random encoder output of the latest batch
 (only in :meth:`update`, i.e. only in training; other codes are not touched by the
 restart).
@@ -331,7 +332,12 @@ class VectorQuantizer(nn.Module):
             smoothed = (self.ema_cluster_size + self.epsilon) / (n + k * self.epsilon) * n
             self.codebook.copy_(self.ema_embed_sum / smoothed.unsqueeze(1))
         ud = self.decay if self.uses_ema else 0.99
-        self.usage_ema.mul_(ud).add_(counts, alpha=1 - ud)
+        if int(self.num_updates) == 0 and not self.kmeans_init:
+            # seed the average with the first step's counts (k-means seeds it otherwise):
+            # a zero start would read every code as dead at the first check
+            self.usage_ema.copy_(counts)
+        else:
+            self.usage_ema.mul_(ud).add_(counts, alpha=1 - ud)
         self.epoch_counts.add_(counts.double())
         self.num_updates.add_(1)
         restarted = 0

@@ -1,6 +1,7 @@
 """Custom operators (torch.library ops with a CPU reference and Triton CUDA kernels)."""
 
-__all__: list[str] = []
-from .vq_nearest import vq_nearest  # noqa: E402
+from .vq_nearest import vq_nearest
 
-__all__ += ["vq_nearest"]
+__all__ = [
+    "vq_nearest",
+]

@@ -301,7 +301,7 @@ def build_objective(config: RunConfig | ObjectiveConfig | Mapping) -> ELBO:
     Raises:
         ConfigError: unknown objective name or invalid fields.
     """
-    from ..inference import FreeBits_ELBO, KLWeighted_ELBO
+    from ..inference import ConstantSchedule, FreeBits_ELBO, KLWeighted_ELBO, LinearWarmup
 
     obj = config if isinstance(config, ObjectiveConfig) else as_run_config(config).objective
     elbo = ELBO_BUILDERS[type(obj).name](obj)
@@ -310,8 +310,8 @@ def build_objective(config: RunConfig | ObjectiveConfig | Mapping) -> ELBO:
     if free_bits > 0:
         elbo = FreeBits_ELBO(free_bits, num_particles=obj.num_particles, max_plate_nesting=1)
     if beta != 1.0 or warmup > 0:
-        # schedule: KLWeighted_ELBO(elbo, beta=beta, schedule=LinearWarmup(beta, warmup))
-        elbo = KLWeighted_ELBO(elbo, beta=beta, kl_warmup_steps=warmup)
+        schedule = LinearWarmup(beta, warmup) if warmup > 0 else ConstantSchedule(beta)
+        elbo = KLWeighted_ELBO(elbo, schedule=schedule)
     return elbo
 
 

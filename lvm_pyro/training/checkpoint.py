@@ -4,7 +4,8 @@ Contents (all plain tensors, numbers, strings, lists and dicts, so a file from e
 cannot run code when loaded): Pyro parameters as *unconstrained* tensors (constraints are
 re-derived from the programs on load), module state dicts (buffers such as EMA
 codebooks), the optimiser state, every RNG state (torch, numpy, python, data shuffling,
-binarisation), epoch / step counters, the loss history and the run configuration.
+the data transform), the objective's and the data transform's state, epoch / step
+counters, the loss history and the run configuration.
 """
 
 from __future__ import annotations
@@ -18,10 +19,15 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "get_rng_state",
+__all__ = ["BASELINE_AVG_PREFIX", "CheckpointError", "save_checkpoint", "load_checkpoint", "get_rng_state",
            "set_rng_state", "restore_params", "FORMAT"]
 
 FORMAT = "lvm_pyro.checkpoint/1"
+
+# Pyro's TraceGraph_ELBO keeps the decaying-average baseline of a site in the param store
+# under this prefix (pyro/infer/tracegraph_elbo.py): running state whose shape follows the
+# minibatch, restored by value (any shape) rather than copied into a parameter.
+BASELINE_AVG_PREFIX = "__baseline_avg_downstream_cost_"
 
 
 class CheckpointError(RuntimeError):
@@ -117,12 +123,17 @@ def restore_params(payload: dict[str, Any], modules: dict[str, torch.nn.Module])
             raise CheckpointError(f"checkpoint does not match the {k}'s architecture: {e}") from e
     ps = dict(pyro.get_param_store().named_parameters())
     saved = payload["params"]
-    if set(saved) != set(ps):
+    state_keys = {k for k in set(saved) | set(ps) if k.startswith(BASELINE_AVG_PREFIX)}
+    if set(saved) - state_keys != set(ps) - state_keys:
         raise CheckpointError(
             "checkpoint parameters do not match the programs': missing "
             f"{sorted(set(ps) - set(saved))[:5]}, unexpected {sorted(set(saved) - set(ps))[:5]}")
+    store = pyro.get_param_store()
     with torch.no_grad():
         for k, v in saved.items():
+            if k.startswith(BASELINE_AVG_PREFIX):
+                store[k] = v.detach().clone()
+                continue
             if ps[k].shape != v.shape:
                 raise CheckpointError(f"parameter '{k}' has shape {tuple(v.shape)} in the "
                                       f"checkpoint but {tuple(ps[k].shape)} here")

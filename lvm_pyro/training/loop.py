@@ -5,12 +5,19 @@ idx=idx)`` then ``torch.optim.Adam``. This is what ``pyro.infer.SVI`` does, with
 parameters collected once from the Pyro param store (sorted by name) into a single torch
 optimiser, so that the optimiser state is a plain ``state_dict`` for checkpoints and the
 per-step overhead of SVI's per-parameter optimisers is avoided.
+
+Everything that drives training is in the checkpoint (:meth:`Trainer.state`): Pyro
+parameters (including Pyro's decaying-average baselines), module state dicts (buffers such
+as VQ codebook statistics), the optimiser, every RNG, the data transform's state and the
+objective's state (``elbo.state_dict()`` when it has one, e.g. the step counter of a KL
+schedule), so that a resumed run equals the uninterrupted one bit for bit.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -22,11 +29,45 @@ from pyro.infer import ELBO
 
 from ..data.binarize import Binarizer
 from ..sites import program_kwargs
-from .checkpoint import (CheckpointError, get_rng_state, load_checkpoint, restore_params,
-                         save_checkpoint, set_rng_state)
+from .checkpoint import (BASELINE_AVG_PREFIX, CheckpointError, get_rng_state, load_checkpoint,
+                         restore_params, save_checkpoint, set_rng_state)
 from .progress import EpochProgress
 
-__all__ = ["Trainer", "EpochMetrics", "adapt_program"]
+__all__ = ["Trainer", "EpochMetrics", "adapt_program", "DivergenceWarning", "loss_rose"]
+
+
+class DivergenceWarning(RuntimeWarning):
+    """The training loss rose for a whole epoch (see :func:`loss_rose`)."""
+
+
+def loss_rose(before: Sequence[float], after: Sequence[float], tolerance: float) -> bool:
+    """Whether the per-step losses ``after`` sit above ``before``, beyond noise:
+
+        median(after) - median(before) > max(tolerance * |median(before)|, 3 * se)
+
+    with se = sqrt(s_b^2 / n_b + s_a^2 / n_a), s = 1.4826 * MAD (the median absolute
+    deviation, a scale robust to the heavy tails of a diverging loss; 0 for one value).
+
+    Args:
+        before: per-step training losses (nats per datapoint), >= 1 value.
+        after: later per-step losses, >= 2 values.
+        tolerance: relative rise that counts, >= 0.
+
+    Returns:
+        ``False`` when ``before`` is empty or ``after`` has fewer than 2 values.
+    """
+    if len(before) < 1 or len(after) < 2:
+        return False
+
+    def centre_and_var(values):
+        v = torch.tensor(list(values), dtype=torch.float64)
+        med = float(v.median())
+        mad = float((v - med).abs().median()) if len(v) > 1 else 0.0
+        return med, (1.4826 * mad) ** 2 / len(v)
+
+    b, var_b = centre_and_var(before)
+    a, var_a = centre_and_var(after)
+    return a - b > max(tolerance * abs(b), 3.0 * math.sqrt(var_b + var_a))
 
 
 def adapt_program(fn: Callable) -> Callable:
@@ -63,18 +104,24 @@ class Trainer:
             ``TraceEnum_ELBO()``, ours ...).
         lr: Adam learning rate (> 0).
         batch_size: minibatch size B (>= 1); the data plate scales by N / B.
-        seed: seeds parameters' sampling, shuffling (``seed``) and binarisation
-            (``seed + 1``).
-        binarization: ``"dynamic"`` | ``"static"`` | ``"none"`` | ``"dequantize"``, or a
-            :class:`lvm_pyro.data.Binarizer` (needed for ``"dequantize"`` with a number of
-            levels other than 256), applied to the training data each epoch.
+        seed: seeds parameters' sampling, shuffling (``seed``) and the data transform
+            built from ``binarization`` (``seed + 1``).
+        transform: the data transform applied to the whole training set at the start of
+            every epoch: a callable x (N, ...) -> (N, ...), e.g.
+            :class:`lvm_pyro.data.Binarizer` (binarise, dequantise, identity). Its
+            ``state_dict()`` / ``load_state_dict()``, when it has them, are checkpointed,
+            and the parameter-discovery pass restores its state after using it.
+        binarization: shorthand for ``transform=Binarizer(binarization, seed + 1)``:
+            ``"dynamic"`` (the default when neither is given) | ``"static"`` | ``"none"``
+            | ``"dequantize"`` (256 levels), or a ``Binarizer``.
         checkpoint_path: file written atomically at the end of every epoch (or ``None``).
         config: JSON-able run configuration stored in the checkpoint and compared on
             resume (a mismatch raises :class:`CheckpointError`).
         progress: report progress: a tqdm bar with the running loss when stderr is a
             terminal, else one line per epoch.
         callbacks: ``cb(trainer, metrics: EpochMetrics)`` called after every epoch.
-        clip_norm: optional gradient-norm clipping.
+        clip_norm: optional clipping of the total gradient norm over every parameter
+            (all optimiser parameter groups together), > 0.
         modules: torch modules whose state dicts (buffers included) are checkpointed;
             defaults to model and guide when they are ``nn.Module``.
         validate: keep Pyro's distribution validation on for every step. By default the
@@ -82,27 +129,49 @@ class Trainer:
             or out-of-support values fails there with Pyro's message, and the training
             steps then run without the per-site checks (a third of a small VAE's step
             time here; our models check their data's support themselves).
+        divergence_tolerance: warn (:class:`DivergenceWarning`) when the training loss
+            rises for a whole epoch: the median per-step loss of an epoch exceeds the
+            previous epoch's (for the first epoch: the loss of the very first step, with
+            >= 4 steps in the epoch) by more than this fraction of it and 3 standard
+            errors (:func:`loss_rose`). Full-batch training (one step per epoch) is not
+            checked, nor are steps over which the objective itself changes (its
+            ``current_beta``, e.g. during a KL warm-up, which raises the loss by design).
+            ``None`` turns the check off.
 
     Raises:
-        ValueError: bad hyper-parameters.
+        ValueError: bad hyper-parameters, or both ``transform`` and ``binarization``.
     """
 
     def __init__(self, model: Callable, guide: Callable, elbo: ELBO, *, lr: float = 1e-3,
-                 batch_size: int = 100, seed: int = 0, binarization: str = "dynamic",
+                 batch_size: int = 100, seed: int = 0,
+                 transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                 binarization: Optional[str | Binarizer] = None,
                  checkpoint_path: Optional[str | Path] = None,
                  config: Optional[dict[str, Any]] = None, progress: bool = True,
                  callbacks: Sequence[Callable] = (), clip_norm: Optional[float] = None,
                  modules: Optional[dict[str, torch.nn.Module]] = None,
-                 validate: bool = False):
-        if lr <= 0:
+                 validate: bool = False, divergence_tolerance: Optional[float] = 0.5):
+        if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if clip_norm is not None and not clip_norm > 0:
+            raise ValueError(f"clip_norm must be > 0 (or None for no clipping), got {clip_norm}")
+        if divergence_tolerance is not None and not divergence_tolerance >= 0:
+            raise ValueError(f"divergence_tolerance must be >= 0 or None, got {divergence_tolerance}")
+        if transform is not None and binarization is not None:
+            raise ValueError("give either transform= or its shorthand binarization=, not both")
         self.model, self.guide, self.elbo = model, guide, elbo
         self._model, self._guide = adapt_program(model), adapt_program(guide)
         self.lr, self.batch_size, self.seed = float(lr), int(batch_size), int(seed)
-        self.binarizer = (binarization if isinstance(binarization, Binarizer)
-                          else Binarizer(binarization, seed + 1))
+        if transform is None:
+            binarization = "dynamic" if binarization is None else binarization
+            transform = (binarization if isinstance(binarization, Binarizer)
+                         else Binarizer(binarization, seed + 1))
+        elif not callable(transform):
+            raise ValueError(f"transform must be callable (x -> x), got {type(transform).__name__}")
+        self.transform = transform
+        self.divergence_tolerance = divergence_tolerance
         self.checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
         self.config = dict(config or {})
         self.progress = progress
@@ -117,8 +186,11 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.history: list[dict] = []
+        self._last_losses: list[float] = []  # per-step losses of the last epoch
+        self._last_weights: list = []  # the objective's KL weight at those steps
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.param_names: list[str] = []
+        self._store_size = 0
         # Loss reported per datapoint: the ELBO estimate is scaled to N when the programs
         # take num_data, else it is the minibatch sum.
         self._scaled = ("num_data" in program_kwargs(model, 1) and
@@ -129,20 +201,34 @@ class Trainer:
         """Run the objective once without a step so that every parameter exists."""
         n = x.shape[0]
         b = min(self.batch_size, n)
-        xb = x[:b]
-        if self.binarizer.mode != "none":  # a throwaway draw: the data must be in support
-            xb = Binarizer(self.binarizer.mode, 0, self.binarizer.levels)(xb)
-        with torch.no_grad(), poutine.block(), pyro.validation_enabled(True):
-            rng = get_rng_state()
-            try:
+        # a throwaway transform of the first batch (the data must be in support), then
+        # the transform's and the objective's state as they were
+        transform_state = _state_of(self.transform)
+        elbo_state = _state_of(self.elbo)
+        ps = pyro.get_param_store()
+        averages = {k: v.detach().clone() for k, v in ps.items() if k.startswith(BASELINE_AVG_PREFIX)}
+        rng = get_rng_state()
+        try:
+            xb = self.transform(x[:b])
+            with torch.no_grad(), poutine.block(), pyro.validation_enabled(True):
                 self.elbo.loss(self._model, self._guide, xb, num_data=n,
                                idx=torch.arange(b, device=x.device))
-            finally:
-                set_rng_state(rng)
+        finally:
+            set_rng_state(rng)
+            if transform_state is not None:
+                self.transform.load_state_dict(transform_state)
+            if elbo_state is not None:
+                self.elbo.load_state_dict(elbo_state)
+            for k, v in averages.items():  # Pyro writes these moving averages even under no_grad
+                ps[k] = v
         self._sync_optimizer()
 
     def _sync_optimizer(self) -> None:
-        params = dict(pyro.get_param_store().named_parameters())
+        store = pyro.get_param_store()
+        self._store_size = len(store)
+        # Pyro's decaying-average baselines live in the param store but are running
+        # state, not parameters: checkpointed, never optimised
+        params = {k: v for k, v in store.named_parameters() if not k.startswith(BASELINE_AVG_PREFIX)}
         names = sorted(params)
         if self.optimizer is None:
             self.param_names = names
@@ -165,9 +251,12 @@ class Trainer:
             "param_order": list(self.param_names),
             "modules": {k: m.state_dict() for k, m in self.modules.items()},
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else {},
-            "rng": {"global": get_rng_state(), "shuffle": self.shuffle.get_state(),
-                    "binarizer": self.binarizer.state()},
+            "rng": {"global": get_rng_state(), "shuffle": self.shuffle.get_state()},
+            "transform": _state_of(self.transform) or {},
+            "objective": _state_of(self.elbo) or {},
             "history": list(self.history),
+            "step_losses": list(self._last_losses),
+            "step_weights": list(self._last_weights),
         }
 
     def save(self, path: Optional[str | Path] = None) -> Path:
@@ -196,9 +285,26 @@ class Trainer:
             self.optimizer.load_state_dict(payload["optimizer"])
         set_rng_state(payload["rng"]["global"])
         self.shuffle.set_state(payload["rng"]["shuffle"])
-        self.binarizer.set_state(payload["rng"]["binarizer"])
+        legacy = payload["rng"].get("binarizer")  # checkpoints written before transforms
+        if "transform" not in payload and legacy is not None and isinstance(self.transform, Binarizer):
+            payload = {**payload, "transform": {"mode": self.transform.mode, "generator": legacy}}
+        for what, obj in (("transform", self.transform), ("objective", self.elbo)):
+            saved = payload.get(what) or {}
+            if _state_of(obj) is not None:
+                if not saved:
+                    raise CheckpointError(f"the checkpoint holds no state for the {what} "
+                                          f"{obj!r}; it was written by another version or run")
+                try:
+                    obj.load_state_dict(saved)
+                except (ValueError, KeyError) as e:
+                    raise CheckpointError(f"cannot restore the {what}'s state: {e}") from e
+            elif saved:
+                raise CheckpointError(f"the checkpoint holds state for a {what} this run's "
+                                      f"{obj!r} cannot take; resume with the same {what}")
         self.epoch, self.step = int(payload["epoch"]), int(payload["step"])
         self.history = list(payload["history"])
+        self._last_losses = list(payload.get("step_losses", []))
+        self._last_weights = list(payload.get("step_weights", []))
 
     # -- training --------------------------------------------------------------------
     def fit(self, x: torch.Tensor, epochs: int, *, resume: bool = False) -> list[dict]:
@@ -214,9 +320,20 @@ class Trainer:
         Returns:
             the history, one dict per epoch (``epoch``, ``loss`` nats per datapoint,
             ``seconds``).
+
+        Raises:
+            ValueError: ``epochs`` < 0; ``x`` not a tensor or empty (see
+                :meth:`prepare_data`); data the transform refuses (integer, NaN or
+                outside [0, 1] when binarising / dequantising).
+            FloatingPointError: the loss becomes NaN or infinite.
+            CheckpointError: resuming from a checkpoint that does not match.
+
+        Warns:
+            DivergenceWarning: the loss rose for a whole epoch (``divergence_tolerance``).
         """
-        if epochs < 0:
-            raise ValueError(f"epochs must be >= 0, got {epochs}")
+        if int(epochs) != epochs or epochs < 0:
+            raise ValueError(f"epochs must be an integer >= 0, got {epochs}")
+        x = self.prepare_data(x)
         if not resume:
             pyro.set_rng_seed(self.seed)
         self._discover(x)
@@ -233,11 +350,12 @@ class Trainer:
         try:
             while self.epoch < epochs:
                 t0 = time.perf_counter()
-                x_epoch = self.binarizer(x)
+                x_epoch = self.transform(x)
                 perm = torch.randperm(n, generator=self.shuffle).to(x.device)
-                total, count = 0.0, 0
+                total, count, losses, weights = 0.0, 0, [], []
                 for start in range(0, n, self.batch_size):
                     idx = perm[start:start + self.batch_size]
+                    weights.append(getattr(self.elbo, "current_beta", None))
                     loss = self._step(x_epoch[idx], n, idx)
                     per_point = loss / (n if self._scaled else len(idx))
                     if not math.isfinite(per_point):
@@ -246,8 +364,10 @@ class Trainer:
                             f"{self.step}; lower the learning rate (--lr) or check the data")
                     total += per_point * len(idx)
                     count += len(idx)
+                    losses.append(per_point)
                     bar.step(self.epoch + 1, total / count)
                 self.epoch += 1
+                self._warn_if_rising(losses, weights)
                 m = EpochMetrics(self.epoch, total / count, time.perf_counter() - t0)
                 bar.end_epoch(self.epoch, epochs, m.loss, m.seconds)
                 for cb in self.callbacks:
@@ -261,14 +381,77 @@ class Trainer:
             bar.close()
         return self.history
 
+    def prepare_data(self, x: torch.Tensor) -> torch.Tensor:
+        """Check the training data and give floating-point data the modules' dtype.
+
+        Floating-point data of another precision than the modules' parameters (e.g.
+        float64 pixels for float32 networks) is converted to the parameters' dtype.
+        Integer data pass unchanged (code grids for a prior over VQ codes, counts); the
+        binarising / dequantising transforms refuse them with a clear error.
+
+        Args:
+            x: (N, ...) tensor, N >= 1.
+
+        Raises:
+            ValueError: not a tensor, or N = 0.
+        """
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"training data must be a torch.Tensor (N, ...), got {type(x).__name__}")
+        if x.dim() == 0 or x.shape[0] == 0:
+            raise ValueError(f"training data is empty (shape {tuple(x.shape)}); pass at least one "
+                             "datapoint along the first dimension")
+        dtype = self._module_dtype()
+        if dtype is not None and torch.is_floating_point(x) and x.dtype != dtype:
+            x = x.to(dtype)
+        return x
+
+    def _module_dtype(self) -> Optional[torch.dtype]:
+        for m in self.modules.values():
+            for t in list(m.parameters()) + list(m.buffers()):
+                if torch.is_floating_point(t):
+                    return t.dtype
+        return None
+
+    def _warn_if_rising(self, losses: list[float], weights: list) -> None:
+        """Warn when the loss rose through this epoch or from the previous one, with the
+        objective unchanged over the steps compared (a KL schedule's weight, the
+        objective's ``current_beta``, constant)."""
+        previous, self._last_losses = self._last_losses, list(losses)
+        previous_weights, self._last_weights = self._last_weights, list(weights)
+        tol = self.divergence_tolerance
+        if tol is None or len(set(previous_weights + weights)) > 1:
+            return
+        if previous:  # the epoch against the one before
+            rose = len(previous) >= 2 and loss_rose(previous, losses, tol)
+            where = "from the previous epoch"
+        else:  # the first epoch against its first step (the untrained model)
+            rose = len(losses) >= 4 and loss_rose(losses[:1], losses, tol)
+            where = "above its first step"
+        if rose:
+            mean = sum(losses) / len(losses)
+            warnings.warn(
+                f"the training loss rose for a whole epoch, {where} (epoch {self.epoch} mean "
+                f"{mean:.4g} nats per datapoint): training may be diverging; lower the learning "
+                f"rate (lr={self.lr:g})",
+                DivergenceWarning)
+
     def _step(self, xb: torch.Tensor, n: int, idx: torch.Tensor) -> float:
         with pyro.validation_enabled(self.validate):
             loss = self.elbo.loss_and_grads(self._model, self._guide, xb, num_data=n, idx=idx)
-        if len(pyro.get_param_store()) != len(self.param_names):
+        if len(pyro.get_param_store()) != self._store_size:
             self._sync_optimizer()
         if self.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.clip_norm)
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return float(loss)
+
+
+def _state_of(obj: Any) -> Optional[dict]:
+    """``obj.state_dict()`` when ``obj`` has both ``state_dict`` and ``load_state_dict``,
+    else ``None``."""
+    if callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None)):
+        return obj.state_dict()
+    return None

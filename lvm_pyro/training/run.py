@@ -193,8 +193,6 @@ def train_run(config: RunConfig | Mapping, out: str | Path, *, resume: bool = Fa
                       checkpoint_path=out / CHECKPOINT_FILE,
                       config={k: v for k, v in flat.items() if k not in ("epochs", "data_root")},
                       progress=progress, callbacks=build_callbacks(config, model, guide))
-    if hasattr(trainer.elbo, "step_source"):  # KL warm-up reads the trainer's step (exact on resume)
-        trainer.elbo.step_source = lambda: trainer.step
     history = trainer.fit(x_train, config.train.epochs, resume=resume)
     train_seconds = time.perf_counter() - t0
     save_loss_curve(history, out / "loss_curve.png")

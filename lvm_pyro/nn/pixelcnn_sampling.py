@@ -25,7 +25,7 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-from ..nn.pixelcnn import GatedPixelCNN, gate
+from .pixelcnn import GatedPixelCNN, gate
 
 __all__ = ["SampleResult", "inverse_cdf", "sample_naive", "sample_cached"]
 

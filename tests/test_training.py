@@ -203,3 +203,29 @@ def test_bad_run_options_fail_before_anything_is_written(tmp_path, capsys):
     assert main(args + ["--epochs", "2"]) == 0
     assert main(args + ["--epochs", "1", "--resume"]) == 2
     assert "already holds 2 epochs" in capsys.readouterr().err
+
+
+def test_python_resume_without_a_checkpoint_equals_a_fresh_run(tmp_path):
+    """Trainer.fit(resume=True) with no checkpoint on disk trains exactly as a fresh run
+    (the same seeded parameters and loss curve), instead of continuing the global RNG."""
+    import pyro
+    from pyro.infer import Trace_ELBO
+    from lvm_pyro.training.builders import build_vae
+
+    x = torch.rand(40, 1, 8, 8)
+
+    def run(resume, path):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(123)  # a different global state before fit
+        torch.rand(7)
+        model, guide = build_vae({"z_dim": 2, "hidden_dim": 8, "num_hidden": 1}, (1, 8, 8))
+        t = Trainer(model, guide, Trace_ELBO(), batch_size=10, seed=3, progress=False,
+                    checkpoint_path=path)
+        hist = t.fit(x, 2, resume=resume)
+        return [h["loss"] for h in hist], {k: v.detach().clone() for k, v in
+                                           pyro.get_param_store().named_parameters()}
+
+    fresh_loss, fresh_params = run(False, tmp_path / "a.pt")
+    res_loss, res_params = run(True, tmp_path / "b.pt")
+    assert fresh_loss == res_loss
+    assert all(torch.equal(fresh_params[k], res_params[k]) for k in fresh_params)

@@ -334,10 +334,11 @@ class Trainer:
         if int(epochs) != epochs or epochs < 0:
             raise ValueError(f"epochs must be an integer >= 0, got {epochs}")
         x = self.prepare_data(x)
-        if not resume:
-            pyro.set_rng_seed(self.seed)
+        has_checkpoint = self.checkpoint_path is not None and self.checkpoint_path.exists()
+        if not resume or (not has_checkpoint and self.epoch == 0):
+            pyro.set_rng_seed(self.seed)  # nothing to resume from: exactly a fresh run
         self._discover(x)
-        if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
+        if resume and has_checkpoint:
             self.load_state(load_checkpoint(self.checkpoint_path, map_location=x.device))
             if self.epoch > epochs:
                 raise CheckpointError(

@@ -540,6 +540,11 @@ class RunConfig:
         for g in (*MODEL_CONFIGS.values(), *OBJECTIVE_CONFIGS.values()):
             for f in _fields(g):
                 others.setdefault(f.name, []).append(f.default)
+        data_defaults = DATA_DEFAULTS.get(values.get("data", "digits"), DATA_DEFAULTS["digits"])
+        for g in (*MODEL_CONFIGS.values(), *OBJECTIVE_CONFIGS.values()):
+            for f in _fields(g):
+                if f.default is None and f.name in data_defaults._fields:  # resolved per data set
+                    others[f.name].append(getattr(data_defaults, f.name))
         for k, v in values.items():
             if k in known:
                 continue

@@ -2,7 +2,7 @@
 directories and pictures."""
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import (ConfigError, DataConfig, IWAEConfig, MeanFieldConfig, PriorConfig, RunConfig,
+from .config import (ConfigError, DataConfig, DiagnoseConfig, IWAEConfig, MeanFieldConfig, PriorConfig, RunConfig,
                      SBNConfig, TraceConfig, TraceGraphConfig, TrainConfig, VAEConfig,
                      VIMCOConfig, VQVAEConfig)
 from .loop import EpochMetrics, Trainer, adapt_program
@@ -13,4 +13,5 @@ __all__ = ["Trainer", "EpochMetrics", "adapt_program", "CheckpointError", "save_
            "load_checkpoint", "load_run", "train_run", "evaluate_run", "sample_run", "Run",
            "RunExistsError", "RunFileError", "ConfigError", "RunConfig", "DataConfig",
            "TrainConfig", "VAEConfig", "VQVAEConfig", "SBNConfig", "TraceConfig",
-           "MeanFieldConfig", "IWAEConfig", "VIMCOConfig", "TraceGraphConfig", "PriorConfig"]
+           "MeanFieldConfig", "IWAEConfig", "VIMCOConfig", "TraceGraphConfig", "PriorConfig",
+           "DiagnoseConfig"]

@@ -111,6 +111,18 @@ def test_json_round_trip_holds_only_the_fields_of_the_model():
     assert RunConfig.from_dict(old, strict=False) == RunConfig()
     with pytest.raises(ConfigError, match="codebook_size does not apply"):
         RunConfig.from_dict({**vae, "codebook_size": 8}, strict=False)  # not silently dropped
+    # the config.json an older version wrote for `fit --model vqvae` (every key)
+    old_vq = {"activation": "tanh", "batch_size": 100, "beta": 1.0, "binarization": "none",
+              "channels": 8, "codebook_size": 8, "commitment_weight": 0.25, "data": "digits",
+              "data_root": None, "dead_code_threshold": 1.0, "decay": 0.99, "device": "cpu",
+              "elbo": "trace", "embedding_dim": 4, "epochs": 1, "free_bits": 0.0,
+              "gradient": "standard", "hidden_dim": 200, "kl_warmup": 0,
+              "likelihood": "discretized_logistic", "lr": 0.001, "model": "vqvae",
+              "network": "mlp", "num_hidden": 2, "num_mixtures": 1, "num_particles": 1,
+              "num_stochastic_layers": 1, "seed": 0, "z_dim": 10}
+    cfg = RunConfig.from_dict(old_vq, strict=False)
+    assert cfg.model == VQVAEConfig(codebook_size=8, embedding_dim=4, channels=8, num_levels=17)
+    assert "z_dim" not in cfg.to_dict() and "hidden_dim" not in cfg.to_dict()
 
 
 def test_register_model_with_its_config_class_adds_flags():

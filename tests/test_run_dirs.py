@@ -40,6 +40,10 @@ def test_fit_refuses_an_existing_run_unless_resume_or_force(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "already holds a run" in err and "--resume" in err and "--force" in err
     assert _snapshot(out) == before  # untouched
+    # --force with a run that cannot be built (no data there) keeps the old run too
+    assert main(["fit", "--out", str(out), *TINY, "--force", "--data", "mnist",
+                 "--data-root", str(tmp_path / "missing")]) == 2
+    assert _snapshot(out) == before
     assert main(["fit", "--out", str(out), *TINY, "--seed", "1", "--force"]) == 0
     assert not (out / "diagnostics.json").exists()  # nothing of the old run left behind
     assert json.loads((out / "config.json").read_text())["seed"] == 1

@@ -37,10 +37,10 @@ import numpy as np
 import torch
 from pyro.poutine.util import site_is_subsample
 
-from .errors import NotApplicableError
 from ..inference import guess_max_plate_nesting, iter_log_weights, log_weights, logmeanexp
 from ..inference.importance import effective_sample_size
 from ..sites import LATENT
+from .errors import NotApplicableError
 
 __all__ = ["ImportanceDiagnostics", "importance_diagnostics", "sample_log_weights",
            "pareto_khat", "importance_ess", "khat_threshold", "summarize_khat",

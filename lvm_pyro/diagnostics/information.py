@@ -31,8 +31,8 @@ import torch
 from torch.distributions import kl_divergence
 
 from ..inference.kl import NonFactorizedLatentError, per_dimension_kl
-from .errors import NotApplicableError
 from ..sites import LATENT
+from .errors import NotApplicableError
 
 __all__ = ["guide_distribution", "prior_distribution", "kl_per_dimension", "average_kl",
            "ActiveUnits", "active_units", "MutualInformation", "mutual_information",

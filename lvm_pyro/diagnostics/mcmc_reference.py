@@ -35,11 +35,11 @@ from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide.initialization import init_to_uniform, init_to_value
 from pyro.poutine.messenger import Messenger
 
-from .errors import NotApplicableError
 from ..sites import AUXILIARY, LATENT
 from .arviz_convert import GUIDE_DRAWS_NOTE, draws_to_datatree
 from ..inference import guess_max_plate_nesting
 from .importance import sample_log_weights
+from .errors import NotApplicableError
 
 #: name of the whitened latent NUTS samples when preconditioned by a guide
 WHITE = "_lvm_white_noise"

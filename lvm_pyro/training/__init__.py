@@ -2,17 +2,17 @@
 directories and pictures."""
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import (ConfigError, DataConfig, IWAEConfig, MeanFieldConfig, PriorConfig, RunConfig,
-                     SBNConfig, TraceConfig, TraceGraphConfig, TrainConfig, VAEConfig,
-                     VIMCOConfig, VQVAEConfig)
+from .config import (ConfigError, DataConfig, DiagnoseConfig, IWAEConfig, MeanFieldConfig,
+                     PriorConfig, RunConfig, SBNConfig, TraceConfig, TraceGraphConfig, TrainConfig,
+                     VAEConfig, VIMCOConfig, VQVAEConfig)
 from .loop import DivergenceWarning, EpochMetrics, Trainer, adapt_program
 from .run import Run, evaluate_run, load_run, sample_run, train_run
 from .rundir import RunExistsError, RunFileError
 
 __all__ = [
-    "CheckpointError", "ConfigError", "DataConfig", "DivergenceWarning", "EpochMetrics",
-    "IWAEConfig", "MeanFieldConfig", "PriorConfig", "Run", "RunConfig", "RunExistsError",
-    "RunFileError", "SBNConfig", "TraceConfig", "TraceGraphConfig", "TrainConfig", "Trainer",
-    "VAEConfig", "VIMCOConfig", "VQVAEConfig", "adapt_program", "evaluate_run",
-    "load_checkpoint", "load_run", "sample_run", "save_checkpoint", "train_run",
+    "CheckpointError", "ConfigError", "DataConfig", "DiagnoseConfig", "DivergenceWarning",
+    "EpochMetrics", "IWAEConfig", "MeanFieldConfig", "PriorConfig", "Run", "RunConfig",
+    "RunExistsError", "RunFileError", "SBNConfig", "TraceConfig", "TraceGraphConfig",
+    "TrainConfig", "Trainer", "VAEConfig", "VIMCOConfig", "VQVAEConfig", "adapt_program",
+    "evaluate_run", "load_checkpoint", "load_run", "sample_run", "save_checkpoint", "train_run",
 ]

@@ -40,7 +40,7 @@ from ..data.datasets import DATASET_LEVELS, DATASETS
 __all__ = ["ConfigError", "DATA_DEFAULTS", "DataDefaults", "TRANSFORMS", "ModelConfig",
            "VAEConfig", "VQVAEConfig", "SBNConfig", "ObjectiveConfig", "TraceConfig",
            "MeanFieldConfig", "IWAEConfig", "VIMCOConfig", "TraceGraphConfig", "DataConfig",
-           "TrainConfig", "RunConfig", "PriorConfig", "MODEL_CONFIGS", "OBJECTIVE_CONFIGS",
+           "TrainConfig", "RunConfig", "PriorConfig", "DiagnoseConfig", "MODEL_CONFIGS", "OBJECTIVE_CONFIGS",
            "RECORD_KEYS", "default_transform", "add_config_arguments",
            "config_from_namespace", "option", "given_options"]
 
@@ -437,6 +437,40 @@ class PriorConfig:
         _integer(self, "seed", 0)
 
 
+@dataclass(frozen=True)
+class DiagnoseConfig:
+    """Settings of the posterior diagnostics of a run (``lvm-pyro diagnose``,
+    :func:`lvm_pyro.training.diagnose.diagnose_run`).
+
+    Raises:
+        ConfigError: a field out of range.
+    """
+
+    num_test: int = option(1000, "test points for k-hat / ESS / log p(x) and the KL per dimension")
+    num_samples: int = option(1000, "guide draws per test point (>= 25: the Pareto fit needs "
+                                    "5 tail draws)")
+    num_mi_points: int = option(2000, "test points M of the aggregate posterior (MI <= log M)")
+    num_au_points: Optional[int] = option(None, "test points for active units (default: all)")
+    nuts_points: int = option(4, "test points with a NUTS reference (0: skip)")
+    nuts_chains: int = option(4, "NUTS chains per point (run one after another)")
+    nuts_warmup: int = option(300, "NUTS warm-up steps per chain")
+    nuts_samples: int = option(300, "NUTS draws kept per chain")
+    sbc_simulations: int = option(1000, "simulations of simulation-based calibration (0: skip)")
+    sbc_draws: int = option(99, "guide draws per SBC simulation (draws + 1 divisible by 10)")
+    seed: int = option(0, "seeds Pyro's RNGs once at the start")
+
+    def __post_init__(self) -> None:
+        _integer(self, "num_test", 1)
+        _integer(self, "num_samples", 25)
+        _integer(self, "num_mi_points", 2)
+        _integer(self, "num_au_points", 2, allow_none=True)
+        for name in ("nuts_points", "sbc_simulations", "nuts_warmup", "seed"):
+            _integer(self, name, 0)
+        _integer(self, "nuts_chains", 1)
+        _integer(self, "nuts_samples", 4)
+        _integer(self, "sbc_draws", 1)
+
+
 #: registered configuration classes (filled by lvm_pyro.training.builders.register_model
 #: / register_elbo)
 MODEL_CONFIGS: dict[str, type] = {}
@@ -540,6 +574,11 @@ class RunConfig:
         for g in (*MODEL_CONFIGS.values(), *OBJECTIVE_CONFIGS.values()):
             for f in _fields(g):
                 others.setdefault(f.name, []).append(f.default)
+        data_defaults = DATA_DEFAULTS.get(values.get("data", "digits"), DATA_DEFAULTS["digits"])
+        for g in (*MODEL_CONFIGS.values(), *OBJECTIVE_CONFIGS.values()):
+            for f in _fields(g):
+                if f.default is None and f.name in data_defaults._fields:  # resolved per data set
+                    others[f.name].append(getattr(data_defaults, f.name))
         for k, v in values.items():
             if k in known:
                 continue

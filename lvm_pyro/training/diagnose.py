@@ -33,6 +33,8 @@ import numpy as np
 import pyro
 import torch
 
+from .config import DiagnoseConfig
+
 __all__ = ["diagnose_run", "resolve_latent", "DIAGNOSTICS_FILE"]
 
 DIAGNOSTICS_FILE = "diagnostics.json"
@@ -98,28 +100,23 @@ def resolve_latent(guide, x, latent: Optional[str] = None) -> str:
     raise ValueError(f"the guide has latent sites {sites}; name the one to diagnose")
 
 
-def diagnose_run(run_dir: str | Path, *, out: Optional[str | Path] = None, num_test: int = 1000,
-                 num_samples: int = 1000, num_mi_points: int = 2000,
-                 num_au_points: Optional[int] = None, nuts_points: int = 4,
-                 nuts_chains: int = 4, nuts_warmup: int = 300, nuts_samples: int = 300,
-                 sbc_simulations: int = 1000, sbc_draws: int = 99, seed: int = 0,
-                 latent: Optional[str] = None, log=print,
+def diagnose_run(run_dir: str | Path, config: Optional[DiagnoseConfig] = None, *,
+                 out: Optional[str | Path] = None, latent: Optional[str] = None, log=print,
                  data_root: Optional[str | Path] = None) -> dict:
     """Run every diagnostic on a run directory and write ``diagnostics.json`` and figures.
 
     Args:
         run_dir: a directory made by ``lvm-pyro fit``.
+        config: the numbers of test points, draws, NUTS chains and SBC simulations
+            (:class:`~lvm_pyro.training.config.DiagnoseConfig`; default its defaults):
+            ``num_test`` points for k-hat / ESS / log p(x) and the KL per dimension with
+            ``num_samples`` guide draws each; ``num_mi_points`` points M of the aggregate
+            posterior (MI capped at log M); ``num_au_points`` for active units (default:
+            the whole test split); ``nuts_points`` with a NUTS reference of
+            ``nuts_chains`` x (``nuts_warmup`` + ``nuts_samples``); ``sbc_simulations``
+            with ``sbc_draws`` guide draws each; ``seed`` seeds Pyro's RNGs once.
+            A section with 0 points / simulations is recorded as not requested.
         out: where to write (default ``run_dir``).
-        num_test: test points for k-hat / ESS / log p(x) and the KL per dimension.
-        num_samples: guide draws per test point for the importance diagnostics (>= 25).
-        num_mi_points: test points M of the aggregate posterior (MI capped at log M).
-        num_au_points: test points for active units (default: the whole test split).
-        nuts_points: test points with a NUTS reference (0: skip).
-        nuts_chains, nuts_warmup, nuts_samples: NUTS chains (sequential), warmup and kept
-            draws per chain.
-        sbc_simulations: simulations of SBC (0: skip); sbc_draws: guide draws each
-            (sbc_draws + 1 divisible by 10).
-        seed: seeds Pyro's RNGs once at the start.
         latent: the guide's latent site (default: :func:`resolve_latent`).
         log: callable for progress lines (``None``: silent).
         data_root: override where the run's data are read from.
@@ -129,16 +126,16 @@ def diagnose_run(run_dir: str | Path, *, out: Optional[str | Path] = None, num_t
 
     Raises:
         CheckpointError: not a run directory (from :func:`load_run`).
-        ValueError: ``num_samples < 25``, an unknown latent site, or any error of a
-            diagnostic other than :class:`~lvm_pyro.diagnostics.NotApplicableError`;
-            nothing is written then.
+        ValueError: an unknown latent site, or any error of a diagnostic other than
+            :class:`~lvm_pyro.diagnostics.NotApplicableError`; nothing is written then.
     """
     from .run import load_run, prepare_data
 
-    if num_samples < 25:
-        from .config import ConfigError
-        raise ConfigError("num_samples", f"must be >= 25 (the Pareto fit needs 5 tail draws), "
-                                         f"got {num_samples}")
+    c = DiagnoseConfig() if config is None else config
+    num_test, num_samples, num_mi_points = c.num_test, c.num_samples, c.num_mi_points
+    num_au_points, nuts_points, nuts_chains = c.num_au_points, c.nuts_points, c.nuts_chains
+    nuts_warmup, nuts_samples = c.nuts_warmup, c.nuts_samples
+    sbc_simulations, sbc_draws, seed = c.sbc_simulations, c.sbc_draws, c.seed
     say = log or (lambda *a, **k: None)
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir

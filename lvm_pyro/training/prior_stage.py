@@ -25,7 +25,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import pyro
 import pyro.poutine as poutine

@@ -155,7 +155,7 @@ def train_run(config: RunConfig | Mapping, out: str | Path, *, resume: bool = Fa
     if num_test is not None and num_test < 1:
         raise ConfigError("num_test", f"must be >= 1, got {num_test}")
     validate_config(config)
-    prepare_run_dir(out, resume=resume, overwrite=overwrite)
+    prepare_run_dir(out, resume=resume, overwrite=overwrite, clear=False)  # fail early
     cfg_path = out / CONFIG_FILE
     if resume and not (out / CHECKPOINT_FILE).exists():
         if log is not None:
@@ -180,7 +180,8 @@ def train_run(config: RunConfig | Mapping, out: str | Path, *, resume: bool = Fa
     model, guide = build_model(config, x_train.shape[1:])
     elbo = build_objective(config)
     flat = config.to_dict()
-    write_json(cfg_path, {**flat, "data_source": source})  # once the run is known to be buildable
+    prepare_run_dir(out, resume=resume, overwrite=overwrite)  # once the run is known to be buildable
+    write_json(cfg_path, {**flat, "data_source": source})
     if isinstance(model, torch.nn.Module):
         model.to(device)
     if isinstance(guide, torch.nn.Module):

@@ -71,13 +71,16 @@ def holds_run(run_dir: str | Path) -> bool:
     return any((run_dir / name).exists() for name in RUN_MARKERS)
 
 
-def prepare_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool) -> Path:
+def prepare_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool,
+                    clear: bool = True) -> Path:
     """Make ``run_dir`` ready for training.
 
     A directory that holds a run is used only to resume it (``resume=True``) or, with
     ``overwrite=True``, after every file of the old run (:data:`RUN_ARTIFACTS`) is
     removed, so that nothing of it (e.g. a ``diagnostics.json`` describing another model)
-    is left behind. Other files in the directory are kept.
+    is left behind. Other files in the directory are kept. With ``clear=False`` only the
+    check runs (nothing is removed or created), so a caller can fail early and clear
+    once the new run is known to be buildable.
 
     Raises:
         RunExistsError: the directory holds a run and neither flag is set.
@@ -92,11 +95,14 @@ def prepare_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool) -> Pa
             found = [n for n in RUN_MARKERS if (run_dir / n).exists()]
             raise RunExistsError(f"{run_dir} already holds a run ({', '.join(found)}); resume "
                                  "it, overwrite it, or choose another directory")
+        if not clear:
+            return run_dir
         for pattern in RUN_ARTIFACTS:
             for p in run_dir.glob(pattern):
                 if p.is_dir():
                     shutil.rmtree(p)
                 else:
                     p.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if clear:
+        run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir

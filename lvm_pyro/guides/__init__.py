@@ -15,3 +15,7 @@ __all__ += ["VQEncoderGuide"]
 from .sigmoid_belief_net import InputBaseline, SigmoidBeliefNetGuide  # noqa: E402
 
 __all__ += ["SigmoidBeliefNetGuide", "InputBaseline"]
+from .variational_dequantizer import UniformDequantizer, VariationalDequantizer  # noqa: E402
+from .composite import CompositeGuide  # noqa: E402
+
+__all__ += ["VariationalDequantizer", "UniformDequantizer", "CompositeGuide"]

@@ -19,3 +19,7 @@ __all__ += ["VQVAEModel", "DiscretizedLogisticLikelihood"]
 from .sigmoid_belief_net import SigmoidBeliefNetModel  # noqa: E402
 
 __all__ += ["SigmoidBeliefNetModel"]
+from .dequantization import DequantizedModel  # noqa: E402
+from .flow import FlowModel, PixelFlowDensity  # noqa: E402
+
+__all__ += ["DequantizedModel", "FlowModel", "PixelFlowDensity"]

@@ -10,3 +10,7 @@ from .vq_conv import VQConvDecoder, VQConvEncoder  # noqa: E402
 
 __all__ += ["VectorQuantizer", "QuantizerOutput", "CodebookUsage", "codebook_usage",
             "VQConvEncoder", "VQConvDecoder"]
+from .coupling_net import CouplingConvNet  # noqa: E402
+from .flow_layers import ChannelSubset, Squeeze2d  # noqa: E402
+
+__all__ += ["CouplingConvNet", "Squeeze2d", "ChannelSubset"]

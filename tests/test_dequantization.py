@@ -307,6 +307,10 @@ def test_dequantized_vae_log_weight_against_hand_computation():
     log_qu = q_u.distribution(x).log_prob(u.clone())  # scored afresh (inverted)
     expected = log_pz + log_py - 4 * math.log(levels) - log_qz - log_qu
     assert torch.allclose(out.log_w, expected, atol=1e-8)
+    # a minibatch of a larger data set: one "data" subsample site, scale N / B
+    sub = log_weights(model, guide, x, 2, num_data=50, idx=torch.arange(10, 15))
+    assert sub.data_scale == 10.0 and sub.log_w.shape == (2, 5)
+    assert [n for n, s in sub.model_trace.nodes.items() if s["type"] == "sample"].count("data") == 1
     # both guides' parameters reach the param store under distinct names
     pyro.clear_param_store()
     pyro.infer.Trace_ELBO().differentiable_loss(model, guide, x).backward()

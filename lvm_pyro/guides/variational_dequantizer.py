@@ -61,8 +61,10 @@ class VariationalDequantizer(PyroModule):
     conditional transform (``ConditionalSplineAutoregressive`` or
     ``ConditionalAffineAutoregressive``, conditioned on h and on the preceding
     coordinates, alternating orders), so q can couple the noise of different pixels.
-    The logistic base makes a flow of identities exactly uniform: the splines are
-    identities outside [-bound, bound] (sigmoid(8) = 1 - 3.4e-4 of the mass).
+    The logistic base makes a flow of identities exactly uniform (sigmoid of a standard
+    logistic is U(0, 1)); the splines are identities outside [-bound, bound], where the
+    base has 3.4e-4 of its mass beyond each end for bound = 8, so q keeps a uniform
+    density near u = 0 and u = 1.
     Sampling is one network pass per transform; log q of a drawn sample reuses Pyro's
     transform caches (scoring an arbitrary u needs D passes per autoregressive layer).
 

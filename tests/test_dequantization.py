@@ -372,3 +372,20 @@ def test_trace_elbo_training_reaches_log_P_for_a_smooth_in_bin_density():
             assert abs(float(lq.exp().mean()) - 1) < 1e-3
             assert uniform[k] < bound < log_P[k] + 1e-4
             assert log_P[k] - bound < 0.01
+
+
+@pytest.mark.parametrize("context", ["mlp", "cnn"])
+def test_cached_and_fresh_log_q_agree_on_images(context):
+    """log q of a draw, from Pyro's transform caches (one pass) and re-scored by inverting
+    every layer, agree: the guide's log weights do not depend on the cache."""
+    q = VariationalDequantizer((1, 4, 4), num_levels=256, context=context,
+                               autoregressive="affine", num_autoregressive=2)
+    x = torch.randint(0, 256, (6, 1, 4, 4))
+    d = q.distribution(x)
+    u = d.rsample()
+    assert u.shape == (6, 1, 4, 4) and bool((u >= 0).all()) and bool((u < 1).all())
+    cached = d.log_prob(u)
+    fresh = q.distribution(x).log_prob(u.clone())
+    assert torch.allclose(cached, fresh, atol=1e-8)
+    with pytest.raises(ValueError, match="context"):
+        VariationalDequantizer((4,), context="cnn")

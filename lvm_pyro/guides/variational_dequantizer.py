@@ -20,6 +20,7 @@ from pyro.nn import ConditionalAutoRegressiveNN, DenseNN, PyroModule
 from torch import nn
 
 from ..data.levels import to_levels
+from ..nn.context_cnn import ContextCNN
 from ..nn.mlp import MLP
 from ..sites import NOISE, data_plate
 
@@ -51,7 +52,7 @@ class VariationalDequantizer(PyroModule):
     """Learned dequantisation noise q(u | x) on [0, 1)^D as a conditional flow
     (Flow++, Ho et al. 2019, sec. 3.1)::
 
-        h = context_net(k / (L - 1) - 1/2)                 (..., context_dim)
+        h = context_net(k / (L - 1) - 1/2)                 (..., context_dim), MLP or CNN
         e ~ Logistic(0, 1)^D
         s = A_m(... A_1(S(e; h); h) ...; h)                 Pyro conditional transforms
         u = sigmoid(s), reshaped to event_shape             site "u", in the "data" plate
@@ -79,8 +80,10 @@ class VariationalDequantizer(PyroModule):
         autoregressive_hidden: MADE hidden width (>= D; default max(2 D, 32)).
         count_bins: spline bins.
         bound: spline box [-bound, bound] in logit space.
+        context: ``"mlp"`` (any event shape) or ``"cnn"`` (:class:`~lvm_pyro.nn.ContextCNN`,
+            event shape (C, H, W)) for the context network.
         context_net: optional torch module (..., *event_shape) -> (..., context_dim)
-            replacing the MLP (e.g. a small CNN).
+            replacing both.
 
     ``forward(x, *, num_data=None, idx=None)``: x (batch, *event_shape) quantised data
     (integer levels or the grid k / (L - 1), :func:`lvm_pyro.data.to_levels`); returns u
@@ -94,7 +97,8 @@ class VariationalDequantizer(PyroModule):
                  context_dim: int = 16, hidden_dims: Sequence[int] = (64,),
                  num_autoregressive: int = 1, autoregressive: str = "spline",
                  autoregressive_hidden: Optional[int] = None, count_bins: int = 8,
-                 bound: float = 8.0, context_net: Optional[nn.Module] = None):
+                 bound: float = 8.0, context: str = "mlp",
+                 context_net: Optional[nn.Module] = None):
         super().__init__()
         self.event_shape = tuple(int(s) for s in event_shape)
         if not self.event_shape or min(self.event_shape) < 1:
@@ -107,10 +111,15 @@ class VariationalDequantizer(PyroModule):
                              f"{bound}, {num_autoregressive}")
         if autoregressive not in ("spline", "affine"):
             raise ValueError(f"autoregressive must be 'spline' or 'affine', got {autoregressive!r}")
+        if context not in ("mlp", "cnn") or (context == "cnn" and len(self.event_shape) != 3):
+            raise ValueError(f"context must be 'mlp' or 'cnn' (the latter for (C, H, W) events), "
+                             f"got {context!r} for event_shape {self.event_shape}")
         self.num_levels = int(num_levels)
         self.dim = D = math.prod(self.event_shape)
-        self.context_net = (context_net if context_net is not None else
-                            MLP(self.event_shape, hidden_dims, (context_dim,), activation="relu"))
+        if context_net is None:
+            context_net = (ContextCNN(self.event_shape, context_dim) if context == "cnn" else
+                           MLP(self.event_shape, hidden_dims, (context_dim,), activation="relu"))
+        self.context_net = context_net
         cb = int(count_bins)
         self.marginal = T.ConditionalSpline(
             DenseNN(context_dim, list(hidden_dims), param_dims=[D * cb, D * cb, D * (cb - 1), D * cb]),

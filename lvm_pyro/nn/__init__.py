@@ -14,3 +14,6 @@ from .coupling_net import CouplingConvNet  # noqa: E402
 from .flow_layers import ChannelSubset, Squeeze2d  # noqa: E402
 
 __all__ += ["CouplingConvNet", "Squeeze2d", "ChannelSubset"]
+from .context_cnn import ContextCNN  # noqa: E402
+
+__all__ += ["ContextCNN"]

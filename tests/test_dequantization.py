@@ -21,7 +21,7 @@ from torch.distributions import constraints
 from lvm_pyro.data import to_levels
 from lvm_pyro.guides import (AmortizedNormalGuide, CompositeGuide, UniformDequantizer,
                              VariationalDequantizer)
-from lvm_pyro.inference import elbo_per_datapoint, log_marginal_likelihood, log_weights
+from lvm_pyro.inference import log_marginal_likelihood, log_weights
 from lvm_pyro.models import DequantizedModel, GaussianLikelihood, VAEModel
 from lvm_pyro.nn import MLP
 

@@ -3,7 +3,6 @@ Dhariwal 2018) as a Pyro model, and its dequantised version ``FlowModel``."""
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import pyro

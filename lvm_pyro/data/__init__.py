@@ -3,10 +3,11 @@
 from .binarize import (BINARIZATIONS, Binarizer, binarize, binarize_test, dequantize,
                        dequantize_test)
 from .datasets import DATASETS, DatasetNotFoundError, ImageDataset, default_root, load_dataset
+from .levels import to_levels
 from .synthetic import MixtureData, three_clusters
 
 __all__ = [
     "BINARIZATIONS", "Binarizer", "DATASETS", "DatasetNotFoundError", "ImageDataset",
     "MixtureData", "binarize", "binarize_test", "default_root", "dequantize", "dequantize_test",
-    "load_dataset", "three_clusters",
+    "load_dataset", "three_clusters", "to_levels",
 ]

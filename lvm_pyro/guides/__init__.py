@@ -2,13 +2,16 @@
 :mod:`lvm_pyro.nn`."""
 
 from .amortized_normal import AmortizedNormalGuide
+from .composite import CompositeGuide
 from .empty import EmptyGuide
 from .linear_gaussian import LinearGaussianPosteriorGuide
 from .local_normal import LocalNormalGuide
 from .sigmoid_belief_net import InputBaseline, SigmoidBeliefNetGuide
+from .variational_dequantizer import UniformDequantizer, VariationalDequantizer
 from .vqvae import VQEncoderGuide
 
 __all__ = [
-    "AmortizedNormalGuide", "EmptyGuide", "InputBaseline", "LinearGaussianPosteriorGuide",
-    "LocalNormalGuide", "SigmoidBeliefNetGuide", "VQEncoderGuide",
+    "AmortizedNormalGuide", "CompositeGuide", "EmptyGuide", "InputBaseline",
+    "LinearGaussianPosteriorGuide", "LocalNormalGuide", "SigmoidBeliefNetGuide",
+    "UniformDequantizer", "VQEncoderGuide", "VariationalDequantizer",
 ]

@@ -1,6 +1,8 @@
 """Generative models p(x, z) as Pyro programs (site names: :mod:`lvm_pyro.sites`)."""
 
 from .codes_prior import ModuleCodesPrior
+from .dequantization import DequantizedModel
+from .flow import FlowModel, PixelFlowDensity
 from .gaussian_mixture import GaussianMixtureModel
 from .likelihoods import (BernoulliLikelihood, DiscretizedLogisticLikelihood, GaussianLikelihood,
                           Likelihood, make_likelihood)
@@ -11,7 +13,8 @@ from .vae import VAEModel
 from .vqvae import VQVAEModel
 
 __all__ = [
-    "BernoulliLikelihood", "DiscretizedLogisticLikelihood", "GatedPixelCNNPrior",
-    "GaussianLikelihood", "GaussianMixtureModel", "Likelihood", "LinearGaussianModel",
-    "ModuleCodesPrior", "SigmoidBeliefNetModel", "VAEModel", "VQVAEModel", "make_likelihood",
+    "BernoulliLikelihood", "DequantizedModel", "DiscretizedLogisticLikelihood", "FlowModel",
+    "GatedPixelCNNPrior", "GaussianLikelihood", "GaussianMixtureModel", "Likelihood",
+    "LinearGaussianModel", "ModuleCodesPrior", "PixelFlowDensity", "SigmoidBeliefNetModel",
+    "VAEModel", "VQVAEModel", "make_likelihood",
 ]

@@ -8,3 +8,6 @@ __all__ = ["load_dataset", "ImageDataset", "DatasetNotFoundError", "DATASETS", "
            "binarize", "binarize_test", "dequantize", "dequantize_test", "Binarizer", "BINARIZATIONS"]
 
 __all__ += ["MixtureData", "three_clusters"]
+from .dsprites import FACTOR_NAMES, FactorImageDataset, load_dsprites, make_dsprites, render_dsprites
+
+__all__ += ["FactorImageDataset", "FACTOR_NAMES", "make_dsprites", "render_dsprites", "load_dsprites"]

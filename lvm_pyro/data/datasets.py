@@ -15,9 +15,9 @@ __all__ = ["ImageDataset", "load_dataset", "DatasetNotFoundError", "DATASETS",
 
 #: where Debian's ``dataset-fashion-mnist`` package puts the IDX ``.gz`` files
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-DATASETS = ("digits", "fashion-mnist", "mnist")
+DATASETS = ("digits", "fashion-mnist", "mnist", "dsprites")
 #: discrete intensity levels of each data set's raw pixels
-DATASET_LEVELS = {"digits": 17, "fashion-mnist": 256, "mnist": 256}
+DATASET_LEVELS = {"digits": 17, "fashion-mnist": 256, "mnist": 256, "dsprites": 2}
 DIGITS_NUM_TEST = 297  # fixed split: 1500 train / 297 test
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -133,6 +133,10 @@ def load_dataset(name: str, split: str = "train", root: Optional[str | Path] = N
             Fashion-MNIST is looked for, in order, under ``root``; in the cache root
             (:func:`default_root`), staged there from Debian's ``dataset-fashion-mnist``
             package (``/usr/share/datasets/fashion-mnist``); then by torchvision's download.
+            ``"dsprites"``: with no root, the procedural CPU-sized set; with a root, the real
+            ``.npz`` under it (:func:`lvm_pyro.data.dsprites.load_dsprites`: a fixed
+            seed-0 90 % / 10 % split; returns a ``FactorImageDataset`` with ``factors``
+            (N, 5) int64 and ``factor_names``).
 
     Returns:
         :class:`ImageDataset` with float32 images in [0, 1] (not binarised).
@@ -148,4 +152,8 @@ def load_dataset(name: str, split: str = "train", root: Optional[str | Path] = N
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if name == "digits":
         return _digits(split)
+    if name == "dsprites":
+        from .dsprites import load_dsprites
+
+        return load_dsprites(split, root)
     return _torchvision(name, split, None if root is None else Path(root))

@@ -33,3 +33,6 @@ from .kl_weighting import (FreeBits_ELBO, KLWeighted_ELBO, LatentScaleMessenger,
 
 __all__ += ["KLWeighted_ELBO", "FreeBits_ELBO", "LatentScaleMessenger", "scale_latents",
             "kl_warmup_factor", "beta_schedule", "per_dimension_kl"]
+from .tcvae import TC_ESTIMATORS, TCVAE_ELBO, TCVAEForward, log_importance_weight_matrix
+
+__all__ += ["TCVAE_ELBO", "TCVAEForward", "TC_ESTIMATORS", "log_importance_weight_matrix"]

@@ -38,3 +38,6 @@ __all__ = [
     "MutualInformation", "kl_decomposition", "KLDecomposition", "ACTIVE_UNIT_THRESHOLD",
     "simulation_based_calibration", "SBCResult", "rank_uniformity_pvalue",
 ]
+from .information import TCDecomposition, tc_decomposition
+
+__all__ += ["tc_decomposition", "TCDecomposition"]

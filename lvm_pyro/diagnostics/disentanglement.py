@@ -43,12 +43,15 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 
-__all__ = ["disentanglement_metrics", "METRIC_KEYS", "beta_vae_score", "factor_vae_score",
+from ..sites import LATENT
+from .information import guide_distribution
+
+__all__ = ["disentanglement_metrics", "guide_codes", "METRIC_KEYS", "beta_vae_score", "factor_vae_score",
            "mig_score", "MIGResult", "dci_scores", "DCIResult", "dci_from_importance", "sap_score"]
 
 METRIC_KEYS = ("beta_vae", "factor_vae", "mig", "dci_disentanglement", "dci_completeness",
@@ -350,3 +353,32 @@ def disentanglement_metrics(codes, factors, *, seed: int = 0, num_train: int = 1
         "dci_informativeness": dci.informativeness,
         "sap": sap_score(c, f, seed=seed, num_train=num_train, num_test=num_test),
     }
+
+
+@torch.no_grad()
+def guide_codes(guide: Callable, x: torch.Tensor, *, latent: str = LATENT,
+                batch_size: int = 1000) -> torch.Tensor:
+    """The representation disentanglement_lib scores for a VAE: the guide's mean
+    E_q[z | x_i] (for a Gaussian guide its ``loc``), flattened per datapoint.
+
+    Args:
+        guide: a Pyro guide with a latent site ``latent`` inside the ``"data"`` plate.
+        x: (N, ...) observations.
+        batch_size: rows of x per guide call.
+
+    Returns:
+        (N, D) float64 codes, D = the latent's number of coordinates.
+
+    Raises:
+        ValueError: the guide has no site ``latent`` or its distribution has no mean.
+    """
+    out = []
+    for s in range(0, x.shape[0], batch_size):
+        fn = guide_distribution(guide, x[s:s + batch_size], latent)
+        try:
+            mean = fn.mean
+        except NotImplementedError as e:
+            raise ValueError(f"the guide's distribution at {latent!r} ({type(fn).__name__}) "
+                             "has no mean; pass codes computed another way") from e
+        out.append(mean.reshape(mean.shape[0], -1).double())
+    return torch.cat(out)

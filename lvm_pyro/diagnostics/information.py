@@ -357,7 +357,7 @@ class TCDecomposition(NamedTuple):
         total_correlation: KL(q(z) || prod_d q(z_d)) = E[log q(z) - sum_d log q(z_d)].
         dimensionwise_kl: sum_d KL(q(z_d) || p(z_d)).
         dimensionwise_kl_per_dim: (*event_shape,) float64, the terms of that sum.
-        average_kl_mc: E[log q(z | x_i) - log p(z)] on the same draws.
+        average_kl_mc: E[log q(z | x_i) - sum_d log p(z_d)] on the same draws.
         mutual_information_se, total_correlation_se, dimensionwise_kl_se: Monte-Carlo
             standard errors (standard deviation over the L M draws / sqrt(L M)).
         num_points: M.
@@ -448,7 +448,7 @@ def tc_decomposition(model: Callable, guide: Callable, x: torch.Tensor, *, num_s
     return TCDecomposition(
         mutual_information=float(mi.mean()), total_correlation=float(tc.mean()),
         dimensionwise_kl=float(dw.mean()), dimensionwise_kl_per_dim=dw_d.mean((0, 1)),
-        average_kl_mc=float((log_cond - log_prior).mean()),
+        average_kl_mc=float((log_cond - log_prior_d.sum(event_dims)).mean()),
         mutual_information_se=se(mi), total_correlation_se=se(tc), dimensionwise_kl_se=se(dw),
         num_points=num_points)
 

@@ -96,6 +96,7 @@ class DSpritesConfig(NamedTuple):
 
     @property
     def num_images(self) -> int:
+        """Number of factor combinations (= images) of the variant."""
         return len(SHAPES) * self.num_scales * self.num_orientations * self.num_positions ** 2
 
     def validate(self) -> None:

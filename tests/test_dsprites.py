@@ -67,6 +67,7 @@ def test_cpu_variant_sizes_factors_and_split():
     assert torch.equal(test.images, render_dsprites(test.factors).float())
     assert torch.equal(split_indices(46080, "test"), split_indices(46080, "test"))
     assert torch.equal(test.labels, test.factors[:, 0])
+    assert test.source == "lvm_pyro.data.dsprites:cpu"
 
 
 def test_positions_translate_the_image_exactly():
@@ -163,5 +164,6 @@ def test_real_npz_loader_with_a_tiny_file(tmp_path):
     assert torch.equal(te.images[:, 0], torch.from_numpy(imgs).float()[sel])
     assert torch.equal(te.factors, torch.from_numpy(classes[:, 1:])[sel])
     assert te.factor_values[3][19] == pytest.approx(19 / 31)
+    assert te.source == str((tmp_path / DSPRITES_NPZ).resolve())
     with pytest.raises(DatasetNotFoundError, match=DSPRITES_NPZ):
         load_dataset("dsprites", "train", root=tmp_path / "nothing")

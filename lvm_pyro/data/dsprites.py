@@ -138,6 +138,8 @@ class FactorImageDataset(NamedTuple):
         factor_names: ``("shape", "scale", "orientation", "pos_x", "pos_y")``.
         factor_values: one float64 tensor per factor mapping index -> value (shape: 0, 1, 2;
             scale: relative size; orientation: radians; positions: in [0, 1]).
+        source: where the data came from: the real ``.npz`` file's absolute path, or
+            ``"lvm_pyro.data.dsprites:<variant>"`` for a procedural set.
     """
 
     images: torch.Tensor
@@ -147,6 +149,7 @@ class FactorImageDataset(NamedTuple):
     factors: torch.Tensor
     factor_names: tuple
     factor_values: tuple
+    source: str = ""
 
     def integers(self) -> torch.Tensor:
         """Raw integer pixels (N, 1, H, W) int64 in {0, 1}."""
@@ -282,8 +285,10 @@ def make_dsprites(variant: str | DSpritesConfig = "cpu") -> FactorImageDataset:
     sizes = (len(SHAPES), cfg.num_scales, cfg.num_orientations, cfg.num_positions, cfg.num_positions)
     factors = _all_factors(sizes)
     images = render_dsprites(factors, cfg).to(torch.float32)
+    label = variant if isinstance(variant, str) else repr(cfg)
     return FactorImageDataset(images, factors[:, 0].clone(), 2, "dsprites", factors,
-                              FACTOR_NAMES, dsprites_factor_values(cfg))
+                              FACTOR_NAMES, dsprites_factor_values(cfg),
+                              f"lvm_pyro.data.dsprites:{label}")
 
 
 def load_dsprites_npz(path: str | Path) -> FactorImageDataset:
@@ -321,7 +326,8 @@ def load_dsprites_npz(path: str | Path) -> FactorImageDataset:
             vals[col] = values[:, c + 1]
         factor_values.append(torch.from_numpy(vals))
     return FactorImageDataset(imgs.unsqueeze(1).to(torch.float32), factors[:, 0].clone(), 2,
-                              "dsprites", factors, FACTOR_NAMES, tuple(factor_values))
+                              "dsprites", factors, FACTOR_NAMES, tuple(factor_values),
+                              str(path.resolve()))
 
 
 def split_indices(num_images: int, split: str) -> torch.Tensor:

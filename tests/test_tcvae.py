@@ -98,6 +98,17 @@ def test_stratified_weights_are_unbiased_by_exact_enumeration():
                 p = batch.index(star)
                 estimates.append(sum(w[p, j] * dens[b] for j, b in enumerate(batch)))
         assert np.mean(estimates) == pytest.approx(dens.mean(), rel=1e-12)
+    # the authors' released matrix (strides of B: column 0 gets 1/N, column 1 the stratum
+    # weight, then W[B-2, 0] is overwritten) fails the same check
+    m = B - 1
+    ref = np.full((B, B), 1 / m)
+    ref.reshape(-1)[::m + 1] = 1 / N
+    ref.reshape(-1)[1::m + 1] = (N - m) / (N * m)
+    ref[m - 1, 0] = (N - m) / (N * m)
+    worst = max(abs(np.mean([sum(ref[b.index(star), j] * dens[v] for j, v in enumerate(b))
+                             for b in itertools.permutations(range(N), B) if star in b])
+                    / dens.mean() - 1) for star in range(N))
+    assert worst > 0.1  # 19 % too high for n* = 0 here
     # the weighted estimator's average is not q(z): (q* + (B-1) mean_other) / (N B)
     w_mws = log_importance_weight_matrix(B, N, "mws").exp().numpy()
     assert np.allclose(w_mws, 1 / (N * B))

@@ -26,8 +26,10 @@ log q(z_i | x_j) (and its per-dimension version):
   q(z_i) ~= q(z_i | x_i) / N + sum_{j != i, j != i+1} q(z_i | x_j) / M
   + q(z_i | x_{i+1}) (N - M) / (N M)   (indices mod B; the weights sum to 1).
   Unbiased for q(z_i) (not for its log) when the batch is a uniform draw without
-  replacement; exact when q(z | x) does not depend on x. (The authors' code puts the
-  last weight of row B - 2 twice and none in row B - 1; we use the wrap-around.)
+  replacement; exact when q(z | x) does not depend on x. (The authors' released code
+  fills the matrix with flat strides of B, which puts 1/N in column 0 and the stratum
+  weight in column 1 of every row instead of on each row's own and next point, and gives
+  row B - 2 weights summing to more than 1; we follow the paper.)
 
 The same weights give log q(z_id) from the per-dimension matrix. With alpha = beta =
 gamma = 1 the terms telescope to log p(x, z) - log q(z | x) whatever the estimator, so

@@ -3,11 +3,14 @@
 from .binarize import (BINARIZATIONS, Binarizer, binarize, binarize_test, dequantize,
                        dequantize_test)
 from .datasets import DATASETS, DatasetNotFoundError, ImageDataset, default_root, load_dataset
+from .dsprites import (FACTOR_NAMES, FactorImageDataset, load_dsprites, make_dsprites,
+                       render_dsprites)
 from .levels import to_levels
 from .synthetic import MixtureData, three_clusters
 
 __all__ = [
-    "BINARIZATIONS", "Binarizer", "DATASETS", "DatasetNotFoundError", "ImageDataset",
-    "MixtureData", "binarize", "binarize_test", "default_root", "dequantize", "dequantize_test",
-    "load_dataset", "three_clusters", "to_levels",
+    "BINARIZATIONS", "Binarizer", "DATASETS", "DatasetNotFoundError", "FACTOR_NAMES",
+    "FactorImageDataset", "ImageDataset", "MixtureData", "binarize", "binarize_test",
+    "default_root", "dequantize", "dequantize_test", "load_dataset", "load_dsprites",
+    "make_dsprites", "render_dsprites", "three_clusters", "to_levels",
 ]

@@ -16,9 +16,9 @@ __all__ = ["ImageDataset", "load_dataset", "DatasetNotFoundError", "DATASETS",
 
 #: where Debian's ``dataset-fashion-mnist`` package puts the IDX ``.gz`` files
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-DATASETS = ("digits", "fashion-mnist", "mnist")
+DATASETS = ("digits", "fashion-mnist", "mnist", "dsprites")
 #: discrete intensity levels of each data set's raw pixels
-DATASET_LEVELS = {"digits": 17, "fashion-mnist": 256, "mnist": 256}
+DATASET_LEVELS = {"digits": 17, "fashion-mnist": 256, "mnist": 256, "dsprites": 2}
 #: environment variable: when set to a folder, every data-set lookup uses that folder alone
 #: (no cache, no system folder, no download). CI points it at an empty folder so that a
 #: hidden dependency on a downloadable data set fails there, not on a user's machine.
@@ -201,6 +201,10 @@ def load_dataset(name: str, split: str = "train", root: Optional[str | Path] = N
             download (a failed download leaves no new empty folders). When
             ``$LVM_PYRO_DATA_ONLY`` names a folder, it replaces the cache and nothing is
             staged from the system folder or downloaded (an explicit ``root`` is still read).
+            ``"dsprites"``: with no root, the procedural CPU-sized set; with a root, the real
+            ``.npz`` under it (:func:`lvm_pyro.data.dsprites.load_dsprites`: a fixed
+            seed-0 90 % / 10 % split; returns a ``FactorImageDataset`` with ``factors``
+            (N, 5) int64 and ``factor_names``).
 
     Returns:
         :class:`ImageDataset` with float32 images in [0, 1] (not binarised).
@@ -217,4 +221,8 @@ def load_dataset(name: str, split: str = "train", root: Optional[str | Path] = N
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if name == "digits":
         return _digits(split)
+    if name == "dsprites":
+        from .dsprites import load_dsprites
+
+        return load_dsprites(split, root)
     return _torchvision(name, split, None if root is None else Path(root))

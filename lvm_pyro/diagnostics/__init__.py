@@ -38,3 +38,12 @@ __all__ = [
     "nuts_reference", "pareto_khat", "rank_uniformity_pvalue", "sample_log_weights",
     "simulation_based_calibration", "summarize_khat", "to_datatree",
 ]
+from .information import TCDecomposition, tc_decomposition
+
+__all__ += ["tc_decomposition", "TCDecomposition"]
+from .disentanglement import (DCIResult, METRIC_KEYS, MIGResult, beta_vae_score, dci_from_importance, guide_codes,
+                              dci_scores, disentanglement_metrics, factor_vae_score, mig_score,
+                              sap_score)
+
+__all__ += ["disentanglement_metrics", "guide_codes", "METRIC_KEYS", "beta_vae_score", "factor_vae_score",
+            "mig_score", "MIGResult", "dci_scores", "DCIResult", "dci_from_importance", "sap_score"]

@@ -21,16 +21,18 @@ from .kl_weighting import FreeBits_ELBO, KLWeighted_ELBO
 from .log_weights import LogWeights, guess_max_plate_nesting, log_weights
 from .schedules import ConstantSchedule, CyclicalSchedule, LinearWarmup, Schedule
 from .score_function import ScoreFunctionGuide, score_function
+from .tcvae import TCVAEForward, TCVAE_ELBO, TC_ESTIMATORS, log_importance_weight_matrix
 from .vimco import VIMCO
 
 __all__ = [
     "AmortizationGap", "BiasedGradientWarning", "BitsPerDimOffset", "ConstantSchedule",
     "CyclicalSchedule", "FreeBits_ELBO", "GradientStats", "IWAE_ELBO", "ImportanceEstimate",
     "KLWeighted_ELBO", "LinearWarmup", "LogWeights", "NLLReport", "NLLSummary",
-    "RepeatedEstimates", "Schedule", "ScoreFunctionGuide", "VIMCO", "amortization_gap",
-    "bits_per_dim", "bits_per_dim_offset", "effective_sample_size", "elbo_per_datapoint",
-    "fit_local_guide", "fixed_normal_proposal", "gradient_statistics", "guess_max_plate_nesting",
-    "importance_estimate", "iter_log_weights", "log_marginal_likelihood", "log_weights",
-    "logmeanexp", "nll_report", "parameter_groups", "per_dimension_kl", "prior_proposal",
+    "RepeatedEstimates", "Schedule", "ScoreFunctionGuide", "TCVAEForward", "TCVAE_ELBO",
+    "TC_ESTIMATORS", "VIMCO", "amortization_gap", "bits_per_dim", "bits_per_dim_offset",
+    "effective_sample_size", "elbo_per_datapoint", "fit_local_guide", "fixed_normal_proposal",
+    "gradient_statistics", "guess_max_plate_nesting", "importance_estimate", "iter_log_weights",
+    "log_importance_weight_matrix", "log_marginal_likelihood", "log_weights", "logmeanexp",
+    "nll_report", "parameter_groups", "per_dimension_kl", "prior_proposal",
     "repeated_importance_estimates", "score_function", "summarize_nll",
 ]

@@ -73,6 +73,7 @@ DATA_DEFAULTS: dict[str, DataDefaults] = {
     "digits": DataDefaults(z_dim=10, epochs=60),
     "fashion-mnist": DataDefaults(z_dim=50, epochs=10),
     "mnist": DataDefaults(z_dim=50, epochs=10),
+    "dsprites": DataDefaults(z_dim=10, epochs=20),  # beta-VAE papers use 10 latents
 }
 
 #: training-data transforms (per epoch); the test split gets the matching fixed one

@@ -19,31 +19,27 @@ all on a trained run; ``docs/diagnostics.md`` explains how to read them.
 """
 
 from .arviz_convert import draws_to_datatree, to_datatree
+from .disentanglement import (DCIResult, METRIC_KEYS, MIGResult, beta_vae_score,
+                              dci_from_importance, dci_scores, disentanglement_metrics,
+                              factor_vae_score, guide_codes, mig_score, sap_score)
 from .errors import NotApplicableError
 from .importance import (EXACT_TOL, ImportanceDiagnostics, importance_diagnostics, importance_ess,
                          khat_threshold, pareto_khat, sample_log_weights, summarize_khat)
 from .information import (ACTIVE_UNIT_THRESHOLD, ActiveUnits, KLDecomposition, MutualInformation,
-                          active_units, average_kl, kl_decomposition, kl_per_dimension,
-                          mutual_information)
+                          TCDecomposition, active_units, average_kl, kl_decomposition,
+                          kl_per_dimension, mutual_information, tc_decomposition)
 from .mcmc_reference import (GuideComparison, MCMCReference, compare_to_reference, energy_distance,
                              nuts_reference)
 from .sbc import SBCResult, rank_uniformity_pvalue, simulation_based_calibration
 
 __all__ = [
-    "ACTIVE_UNIT_THRESHOLD", "ActiveUnits", "EXACT_TOL", "GuideComparison",
-    "ImportanceDiagnostics", "KLDecomposition", "MCMCReference", "MutualInformation",
-    "NotApplicableError", "SBCResult", "active_units", "average_kl", "compare_to_reference",
-    "draws_to_datatree", "energy_distance", "importance_diagnostics", "importance_ess",
-    "khat_threshold", "kl_decomposition", "kl_per_dimension", "mutual_information",
-    "nuts_reference", "pareto_khat", "rank_uniformity_pvalue", "sample_log_weights",
-    "simulation_based_calibration", "summarize_khat", "to_datatree",
+    "ACTIVE_UNIT_THRESHOLD", "ActiveUnits", "DCIResult", "EXACT_TOL", "GuideComparison",
+    "ImportanceDiagnostics", "KLDecomposition", "MCMCReference", "METRIC_KEYS", "MIGResult",
+    "MutualInformation", "NotApplicableError", "SBCResult", "TCDecomposition", "active_units",
+    "average_kl", "beta_vae_score", "compare_to_reference", "dci_from_importance", "dci_scores",
+    "disentanglement_metrics", "draws_to_datatree", "energy_distance", "factor_vae_score",
+    "guide_codes", "importance_diagnostics", "importance_ess", "khat_threshold",
+    "kl_decomposition", "kl_per_dimension", "mig_score", "mutual_information", "nuts_reference",
+    "pareto_khat", "rank_uniformity_pvalue", "sample_log_weights", "sap_score",
+    "simulation_based_calibration", "summarize_khat", "tc_decomposition", "to_datatree",
 ]
-from .information import TCDecomposition, tc_decomposition
-
-__all__ += ["tc_decomposition", "TCDecomposition"]
-from .disentanglement import (DCIResult, METRIC_KEYS, MIGResult, beta_vae_score, dci_from_importance, guide_codes,
-                              dci_scores, disentanglement_metrics, factor_vae_score, mig_score,
-                              sap_score)
-
-__all__ += ["disentanglement_metrics", "guide_codes", "METRIC_KEYS", "beta_vae_score", "factor_vae_score",
-            "mig_score", "MIGResult", "dci_scores", "DCIResult", "dci_from_importance", "sap_score"]

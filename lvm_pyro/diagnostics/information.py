@@ -30,7 +30,7 @@ import pyro.poutine as poutine
 import torch
 from torch.distributions import kl_divergence
 
-from ..inference.kl import NonFactorizedLatentError, per_dimension_kl
+from ..inference.kl import NonFactorizedLatentError, coordinate_distribution, per_dimension_kl
 from ..sites import LATENT
 from .errors import NotApplicableError
 
@@ -393,11 +393,12 @@ def tc_decomposition(model: Callable, guide: Callable, x: torch.Tensor, *, num_s
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     q = guide_distribution(guide, x, latent)
     p = prior_distribution(model, guide, x, latent)
-    qm, pm = _marginals(q), _marginals(p)
-    if qm is None or pm is None:
-        raise ValueError(f"site {latent!r}: the total-correlation decomposition needs the "
-                         "marginals q(z_d | x) and p(z_d) (Normal, Independent, "
-                         f"MultivariateNormal); got {type(q).__name__} and {type(p).__name__}")
+    try:
+        qm = coordinate_distribution(q, latent, "guide")
+        pm = coordinate_distribution(p, latent, "model")
+    except NonFactorizedLatentError as e:
+        raise NotApplicableError(f"site {latent!r}: the total-correlation decomposition needs "
+                                 f"the marginals q(z_d | x) and p(z_d): {e}") from e
     z = q.sample((num_samples,))  # (L, M, *event)
     log_cond = q.log_prob(z).double()  # (L, M)
     log_prior = p.log_prob(z).double()  # (L, M)

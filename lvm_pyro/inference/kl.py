@@ -18,7 +18,7 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import kl_divergence
 
-__all__ = ["per_dimension_kl", "NonFactorizedLatentError"]
+__all__ = ["per_dimension_kl", "coordinate_distribution", "NonFactorizedLatentError"]
 
 
 class NonFactorizedLatentError(ValueError):
@@ -43,6 +43,17 @@ def _coordinates(fn, role: str, name: str, marginals: bool):
             f"(e.g. Normal(loc, scale).to_event(1)){hint}; with free bits, plain beta / KL "
             "warm-up works for any latent")
     return base
+
+
+def coordinate_distribution(fn, name: str = "z", role: str = "guide") -> torch.distributions.Distribution:
+    """The element-wise distribution of a latent's coordinates: ``fn`` with every
+    ``Independent`` wrapper removed, a ``MultivariateNormal`` replaced by its Normal
+    marginals. Batch shape batch_shape + event_shape of ``fn``.
+
+    Raises:
+        NonFactorizedLatentError: the event does not factorise into univariate coordinates.
+    """
+    return _coordinates(fn, role, name, True)
 
 
 def per_dimension_kl(guide_fn, model_fn, value: Optional[torch.Tensor] = None, name: str = "z",

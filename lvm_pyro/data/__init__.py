@@ -8,3 +8,6 @@ __all__ = ["load_dataset", "ImageDataset", "DatasetNotFoundError", "DATASETS", "
            "binarize", "binarize_test", "dequantize", "dequantize_test", "Binarizer", "BINARIZATIONS"]
 
 __all__ += ["MixtureData", "three_clusters"]
+from .synthetic import BinaryImageData, pixel_markov_chain, template_images  # noqa: E402
+
+__all__ += ["BinaryImageData", "pixel_markov_chain", "template_images"]

@@ -19,3 +19,6 @@ __all__ += ["VQVAEModel", "DiscretizedLogisticLikelihood"]
 from .sigmoid_belief_net import SigmoidBeliefNetModel  # noqa: E402
 
 __all__ += ["SigmoidBeliefNetModel"]
+from .pixelcnn_vae import PixelCNNDecoderVAE  # noqa: E402
+
+__all__ += ["PixelCNNDecoderVAE"]

@@ -240,6 +240,10 @@ def test_argument_and_input_errors():
         PixelCNNDecoderVAE(0, (1, 8, 8))
     with pytest.raises(ValueError, match="not both"):
         GatedPixelCNN(3, num_classes=2, cond_dim=2)
+    with pytest.raises(ValueError, match="cond_dim"):
+        GatedPixelCNN(3, cond_dim=0)
+    with pytest.raises(ValueError, match="num_outputs"):
+        GatedPixelCNN(3, num_outputs=0)
     model, guide = _pair()
     with pytest.raises(ValueError, match="binary"):
         model(torch.full((2, 1, 6, 6), 0.5))

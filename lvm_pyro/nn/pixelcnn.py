@@ -63,6 +63,10 @@ class GatedLayer(nn.Module):
 
     ``forward(v, h, y=None)``: v, h (B, C, H, W), y (B,) int64 labels, (B, cond_dim) float
     or None -> (v', h'), both (B, C, H, W).
+
+    Raises:
+        ValueError: both ``num_classes`` and ``cond_dim``; at ``forward``, a missing ``y``
+            for a conditional layer.
     """
 
     def __init__(self, channels: int, kernel_size: int, first: bool,

@@ -8,6 +8,7 @@ from .likelihoods import (BernoulliLikelihood, DiscretizedLogisticLikelihood, Ga
                           Likelihood, make_likelihood)
 from .linear_gaussian import LinearGaussianModel
 from .pixelcnn_prior import GatedPixelCNNPrior
+from .pixelcnn_vae import PixelCNNDecoderVAE
 from .sigmoid_belief_net import SigmoidBeliefNetModel
 from .vae import VAEModel
 from .vqvae import VQVAEModel
@@ -15,6 +16,6 @@ from .vqvae import VQVAEModel
 __all__ = [
     "BernoulliLikelihood", "DequantizedModel", "DiscretizedLogisticLikelihood", "FlowModel",
     "GatedPixelCNNPrior", "GaussianLikelihood", "GaussianMixtureModel", "Likelihood",
-    "LinearGaussianModel", "ModuleCodesPrior", "PixelFlowDensity", "SigmoidBeliefNetModel",
-    "VAEModel", "VQVAEModel", "make_likelihood",
+    "LinearGaussianModel", "ModuleCodesPrior", "PixelCNNDecoderVAE", "PixelFlowDensity",
+    "SigmoidBeliefNetModel", "VAEModel", "VQVAEModel", "make_likelihood",
 ]

@@ -57,13 +57,20 @@ class GatedLayer(nn.Module):
         first: mask A (the current position is excluded) and no residual; else mask B.
         num_classes: if given, a learnt class embedding (V y of Eq. 4) is added to the
             vertical and the horizontal pre-activations.
+        cond_dim: if given (instead of ``num_classes``), a learnt linear map of a
+            continuous vector h (B, cond_dim), V^T h of Eq. 4 without bias (e.g. a VAE's
+            latent z, Gulrajani et al. 2016), is added the same way.
 
-    ``forward(v, h, y=None)``: v, h (B, C, H, W), y (B,) int64 or None -> (v', h'),
-    both (B, C, H, W).
+    ``forward(v, h, y=None)``: v, h (B, C, H, W), y (B,) int64 labels, (B, cond_dim) float
+    or None -> (v', h'), both (B, C, H, W).
+
+    Raises:
+        ValueError: both ``num_classes`` and ``cond_dim``; at ``forward``, a missing ``y``
+            for a conditional layer.
     """
 
     def __init__(self, channels: int, kernel_size: int, first: bool,
-                 num_classes: Optional[int] = None):
+                 num_classes: Optional[int] = None, cond_dim: Optional[int] = None):
         super().__init__()
         r = kernel_size // 2
         self.channels, self.kernel_size, self.radius, self.first = channels, kernel_size, r, first
@@ -72,13 +79,21 @@ class GatedLayer(nn.Module):
         self.h_conv = nn.Conv2d(channels, 2 * channels, (1, tap))
         self.v_to_h = nn.Conv2d(2 * channels, 2 * channels, 1)
         self.h_out = nn.Conv2d(channels, channels, 1)
+        if num_classes and cond_dim:
+            raise ValueError("pass num_classes or cond_dim, not both")
         self.cond = nn.Embedding(num_classes, 4 * channels) if num_classes else None
+        if cond_dim:
+            self.cond = nn.Linear(cond_dim, 4 * channels, bias=False)
 
     def conditioning(self, y: Optional[torch.Tensor]) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """Class terms (V_v y, V_h y), each (B, 2C), or (None, None) when unconditional."""
+        """Conditioning terms (V_v y, V_h y), each (B, 2C), or (None, None) when
+        unconditional."""
         if self.cond is None:
             return None, None
         if y is None:
+            if isinstance(self.cond, nn.Linear):
+                raise ValueError("this network is conditioned on a vector: pass y, (batch, "
+                                 f"{self.cond.in_features}) float")
             raise ValueError("this network is class-conditional: pass y, (batch,) int64 labels")
         return self.cond(y).chunk(2, dim=-1)
 
@@ -111,14 +126,22 @@ class GatedPixelCNN(nn.Module):
         kernel_size: odd k >= 3 (default 3).
         num_classes: optional class conditioning (paper Eq. 4).
         head_dim: width of the two-layer 1x1 output head (default 2C).
+        cond_dim: optional conditioning on a continuous vector (paper Eq. 4 with h a
+            (B, cond_dim) float vector, e.g. a VAE's latent z): pass it as ``y``.
+        num_outputs: channels of the output head (default ``num_codes``: softmax logits,
+            what the samplers of :mod:`lvm_pyro.nn.pixelcnn_sampling` need); another
+            value gives per-position parameters of a parametric likelihood (e.g. a
+            discretised logistic's location and log-scale).
 
     Raises:
-        ValueError: a size out of range, an even kernel.
+        ValueError: a size out of range, an even kernel, both ``num_classes`` and
+            ``cond_dim``.
     """
 
     def __init__(self, num_codes: int, channels: int = 64, num_layers: int = 8,
                  kernel_size: int = 3, num_classes: Optional[int] = None,
-                 head_dim: Optional[int] = None):
+                 head_dim: Optional[int] = None, cond_dim: Optional[int] = None,
+                 num_outputs: Optional[int] = None):
         super().__init__()
         if num_codes < 2:
             raise ValueError(f"num_codes must be >= 2, got {num_codes}")
@@ -128,16 +151,25 @@ class GatedPixelCNN(nn.Module):
             raise ValueError(f"kernel_size must be odd and >= 3, got {kernel_size}")
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"num_classes must be None or >= 1, got {num_classes}")
+        if cond_dim is not None and cond_dim < 1:
+            raise ValueError(f"cond_dim must be None or >= 1, got {cond_dim}")
+        if cond_dim is not None and num_classes is not None:
+            raise ValueError("pass num_classes (labels) or cond_dim (a vector), not both")
+        if num_outputs is not None and num_outputs < 1:
+            raise ValueError(f"num_outputs must be None or >= 1, got {num_outputs}")
+        num_outputs = num_codes if num_outputs is None else int(num_outputs)
         head_dim = 2 * channels if head_dim is None else int(head_dim)
         self.num_codes, self.channels, self.num_layers = int(num_codes), int(channels), int(num_layers)
         self.kernel_size, self.radius = int(kernel_size), int(kernel_size) // 2
         self.num_classes = num_classes
+        self.cond_dim, self.num_outputs = cond_dim, num_outputs
         self.embed = nn.Embedding(num_codes, channels)
         self.layers = nn.ModuleList(
-            GatedLayer(channels, kernel_size, first=(l == 0), num_classes=num_classes)
+            GatedLayer(channels, kernel_size, first=(l == 0), num_classes=num_classes,
+                       cond_dim=cond_dim)
             for l in range(num_layers))
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, head_dim, 1), nn.ReLU(),
-                                  nn.Conv2d(head_dim, num_codes, 1))
+                                  nn.Conv2d(head_dim, num_outputs, 1))
 
     @property
     def receptive_radius(self) -> int:
@@ -158,7 +190,9 @@ class GatedPixelCNN(nn.Module):
         return self.head(self.features(e, y))
 
     def forward(self, codes: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Logits of p(c_ij | c_<ij): codes (B, H, W) int64 -> (B, K, H, W), float. The logits
-        at (i, j) depend only on codes before (i, j) in raster order."""
+        """Logits of p(c_ij | c_<ij): codes (B, H, W) int64 -> (B, K, H, W), float (K =
+        ``num_outputs``, by default ``num_codes``); y: (B,) int64 labels, (B, cond_dim)
+        float or None. The logits at (i, j) depend only on codes before (i, j) in raster
+        order (and on y)."""
         e = self.embed(codes).permute(0, 3, 1, 2)  # (B, C, H, W)
         return self.forward_embedded(e, y)

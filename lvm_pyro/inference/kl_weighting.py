@@ -42,9 +42,9 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 from torch.distributions import kl_divergence
 
-from ..sites import DATA_PLATE, program_kwargs
-from .log_weights import (guess_max_plate_nesting, is_auxiliary_site, plate_scale, run_vectorized,
-                          site_log_prob_per_datapoint)
+from ..sites import DATA_PLATE
+from .log_weights import is_auxiliary_site, plate_scale, site_log_prob_per_datapoint
+from .program import bind_program, discover, trace_guide_then_model
 
 __all__ = ["kl_warmup_factor", "beta_schedule", "LatentScaleMessenger", "scale_latents",
            "KLWeighted_ELBO", "FreeBits_ELBO", "per_dimension_kl"]
@@ -292,6 +292,7 @@ class FreeBits_ELBO(ELBO):
         return f"FreeBits_ELBO(free_bits={self.free_bits}, num_particles={self.num_particles})"
 
     def _traces(self, model, guide, args, kwargs):
+        args_model, args_guide = model, guide
         if not args:
             raise ValueError("FreeBits_ELBO needs the observations as the first positional "
                              "argument: loss(model, guide, x, num_data=..., idx=...)")
@@ -299,14 +300,17 @@ class FreeBits_ELBO(ELBO):
         extra = dict(kwargs)
         num_data, idx = extra.pop("num_data", None), extra.pop("idx", None)
         rest = tuple(args[1:])
-        if rest or extra:
-            m0, g0 = model, guide
-            model = lambda x, num_data=None, idx=None: m0(x, *rest, **extra, **program_kwargs(m0, num_data, idx))  # noqa: E731
-            guide = lambda x, num_data=None, idx=None: g0(x, *rest, **extra, **program_kwargs(g0, num_data, idx))  # noqa: E731
-        if self.max_plate_nesting == float("inf"):
-            self.max_plate_nesting = guess_max_plate_nesting(model, guide, x, num_data, idx)
-        return x, run_vectorized(model, guide, x, self.num_particles,
-                                 int(self.max_plate_nesting), num_data, idx)
+        checked = getattr(self, "_checked", [])
+        seen = any(m is model and g is guide for m, g in checked)
+        model, guide = bind_program(model, rest, extra), bind_program(guide, rest, extra)
+        if not seen or self.max_plate_nesting == float("inf"):
+            info = discover(model, guide, x, num_data=num_data, idx=idx)  # contract checks
+            if self.max_plate_nesting == float("inf"):
+                self.max_plate_nesting = info.max_plate_nesting
+            self._checked = (checked + [(args_model, args_guide)])[-16:]
+        return x, trace_guide_then_model(model, guide, x, num_data=num_data, idx=idx,
+                                         num_particles=self.num_particles,
+                                         max_plate_nesting=int(self.max_plate_nesting))
 
     def _get_trace(self, model, guide, args, kwargs):
         _, (model_trace, guide_trace) = self._traces(model, guide, args, kwargs)

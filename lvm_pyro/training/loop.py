@@ -21,22 +21,11 @@ import torch
 from pyro.infer import ELBO
 
 from ..data.binarize import Binarizer
-from ..sites import program_kwargs
+from ..inference.program import accepted_keywords, adapt_program
 from .checkpoint import (CheckpointError, get_rng_state, load_checkpoint, restore_params,
                          save_checkpoint, set_rng_state)
 
 __all__ = ["Trainer", "EpochMetrics", "adapt_program"]
-
-
-def adapt_program(fn: Callable) -> Callable:
-    """Wrap a model / guide so that it can be called as ``fn(x, num_data=..., idx=...)``
-    even when it takes only ``x`` (the keywords it does not declare are dropped)."""
-
-    def adapted(x, num_data=None, idx=None):
-        return fn(x, **program_kwargs(fn, num_data, idx))
-
-    adapted.__wrapped__ = fn  # type: ignore[attr-defined]
-    return adapted
 
 
 @dataclass
@@ -119,8 +108,8 @@ class Trainer:
         self.param_names: list[str] = []
         # Loss reported per datapoint: the ELBO estimate is scaled to N when the programs
         # take num_data, else it is the minibatch sum.
-        self._scaled = ("num_data" in program_kwargs(model, 1) and
-                        "num_data" in program_kwargs(guide, 1))
+        self._scaled = ("num_data" in accepted_keywords(model) and
+                        "num_data" in accepted_keywords(guide))
 
     # -- parameters ------------------------------------------------------------------
     def _discover(self, x: torch.Tensor) -> None:

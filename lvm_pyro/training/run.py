@@ -23,7 +23,8 @@ from ..data.datasets import DATASET_LEVELS
 from ..inference import elbo_per_datapoint, log_marginal_likelihood, summarize_nll
 from .builders import build_callbacks, build_elbo, build_metrics, build_model
 from .checkpoint import CheckpointError, load_checkpoint, restore_params
-from .loop import Trainer, adapt_program
+from ..inference.program import trace_guide_then_model
+from .loop import Trainer
 from .pictures import prior_samples, save_grid, save_loss_curve, save_reconstructions
 
 __all__ = ["Run", "load_run", "train_run", "evaluate_run", "sample_run", "prepare_data",
@@ -192,8 +193,7 @@ def load_run(run_dir: str | Path, device: Optional[str] = None) -> Run:
             m.to(config["device"])
             modules[k] = m
     with torch.no_grad(), poutine.block():  # create every parameter with its constraint
-        gt = poutine.trace(adapt_program(guide)).get_trace(x)
-        poutine.replay(adapt_program(model), trace=gt)(x)
+        trace_guide_then_model(model, guide, x)
     restore_params(payload, modules)
     return Run(model, guide, config, run_dir)
 

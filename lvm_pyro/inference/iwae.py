@@ -60,7 +60,7 @@ from ..sites import PARTICLE_PLATE
 from .evaluation import logmeanexp
 from .log_weights import site_log_prob_per_datapoint, weights_from_traces
 from .particle_elbo import ParticleELBO, auxiliary_log_factor
-from .program import ProgramInfo, latent_sites, param_tensors, trace_program, warn_if_nan
+from .program import ProgramInfo, param_tensors, trace_program, warn_if_nan, weighted_sites
 
 __all__ = ["IWAE_ELBO", "BiasedGradientWarning", "SharedParameterWarning", "GRADIENT_ESTIMATORS",
            "IWAEForward"]
@@ -243,7 +243,7 @@ class IWAE_ELBO(ParticleELBO):
         lw = weights_from_traces(model_trace, guide_trace, batch, K, nesting)
         log_w = lw.log_w  # (K, batch)
         log_w_det, log_q_score, rescored = None, None, None
-        for name, site in latent_sites(guide_trace):
+        for name, site in weighted_sites(guide_trace):  # latents, guide factors
             reparam = getattr(site["fn"], "has_rsample", False)
             if self.gradient != "standard":
                 if not reparam:

@@ -44,7 +44,8 @@ from torch.distributions import kl_divergence
 
 from ..sites import DATA_PLATE
 from .log_weights import is_auxiliary_site, plate_scale, site_log_prob_per_datapoint
-from .program import bind_program, discover, trace_guide_then_model
+from .program import (bind_program, data_plate_frame, discover, observed_sites,
+                      trace_guide_then_model)
 
 __all__ = ["kl_warmup_factor", "beta_schedule", "LatentScaleMessenger", "scale_latents",
            "KLWeighted_ELBO", "FreeBits_ELBO", "per_dimension_kl"]
@@ -192,14 +193,35 @@ class KLWeighted_ELBO(ELBO):
         """The wrapped objective's loss with beta_t-weighted latent terms (float, nats)."""
         return self.elbo.loss(*self._wrap(model, guide), *args, **kwargs)
 
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        return self.elbo.differentiable_loss(*self._wrap(model, guide), *args, **kwargs)
+    @property
+    def differentiable_loss(self) -> Callable[..., torch.Tensor]:
+        """``differentiable_loss(model, guide, *args, **kwargs)``: the wrapped objective's,
+        with beta_t-weighted latent terms. Present only when the wrapped objective has one
+        (``TraceGraph_ELBO`` has none): ``AttributeError`` otherwise, so ``hasattr`` tells."""
+        if not hasattr(self.elbo, "differentiable_loss"):
+            raise AttributeError(f"{type(self.elbo).__name__} has no differentiable_loss, so "
+                                 "KLWeighted_ELBO wrapping it has none either")
+
+        def differentiable_loss(model, guide, *args, **kwargs) -> torch.Tensor:
+            return self.elbo.differentiable_loss(*self._wrap(model, guide), *args, **kwargs)
+
+        return differentiable_loss
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """One training step's loss and gradients at beta_t; then t += 1."""
         loss = self.elbo.loss_and_grads(*self._wrap(model, guide), *args, **kwargs)
         self.step += 1
         return loss
+
+
+def _strip_mask(fn):
+    """(distribution without its ``.mask(...)`` wrappers, the combined mask or None)."""
+    mask = None
+    while isinstance(fn, dist.MaskedDistribution):
+        m = fn._mask
+        mask = m if mask is None else (torch.as_tensor(mask) & torch.as_tensor(m))
+        fn = fn.base_dist
+    return fn, mask
 
 
 def _factorised_base(fn, role: str, name: str):
@@ -223,8 +245,9 @@ def per_dimension_kl(guide_fn, model_fn, value: torch.Tensor, name: str = "z"
 
     Args:
         guide_fn, model_fn: the site's distributions in guide and model, each a
-            univariate distribution, possibly under ``.to_event(...)``; batch shapes
-            broadcast.
+            univariate distribution, possibly under ``.to_event(...)`` and
+            ``.mask(...)`` (a coordinate masked in either has no KL, as in Pyro's KL of
+            masked distributions); batch shapes broadcast.
         value: the sampled z (batch_shape + event_shape), used for the Monte-Carlo
             estimate when no closed form is registered.
         name: site name for error messages.
@@ -238,6 +261,10 @@ def per_dimension_kl(guide_fn, model_fn, value: torch.Tensor, name: str = "z"
     Raises:
         ValueError: a non-factorised distribution (e.g. ``MultivariateNormal``).
     """
+    guide_fn, mask = _strip_mask(guide_fn)
+    model_fn, model_mask = _strip_mask(model_fn)
+    if model_mask is not None:  # as Pyro's KL of two masked distributions: both masks
+        mask = model_mask if mask is None else torch.as_tensor(mask) & torch.as_tensor(model_mask)
     q = _factorised_base(guide_fn, "guide", name)
     p = _factorised_base(model_fn, "model", name)
     shape = guide_fn.batch_shape + guide_fn.event_shape
@@ -247,7 +274,12 @@ def per_dimension_kl(guide_fn, model_fn, value: torch.Tensor, name: str = "z"
     except NotImplementedError:
         kl = q.log_prob(value) - p.log_prob(value)
         analytic = False
-    return kl.expand(shape), analytic
+    kl = torch.as_tensor(kl, dtype=value.dtype, device=value.device).expand(shape)
+    if mask is not None:  # .mask(m) on the batch dims: masked coordinates have no KL
+        m = torch.as_tensor(mask, device=value.device)
+        m = m.reshape(m.shape + (1,) * len(guide_fn.event_shape))
+        kl = torch.where(m, kl, kl.new_zeros(()))
+    return kl, analytic
 
 
 class FreeBits_ELBO(ELBO):
@@ -331,7 +363,7 @@ class FreeBits_ELBO(ELBO):
                 continue
             if site["is_observed"]:
                 lp = site_log_prob_per_datapoint(site, K, batch, nesting, strict_scale=False)
-                scale = plate_scale(site) * _extra_scale(site)
+                scale = _data_scale(site) * _extra_scale(site)  # lp has the inner plates'
                 loss = loss - scale * lp.sum() / K
                 continue
             if name not in guide_trace.nodes:
@@ -347,11 +379,22 @@ class FreeBits_ELBO(ELBO):
                                  "beta / KL warm-up (KLWeighted_ELBO) with a score-function "
                                  "objective instead")
             kl, _ = per_dimension_kl(g["fn"], site["fn"], g["value"], name)
+            if g["mask"] is not None:  # poutine.mask
+                m = torch.as_tensor(g["mask"], device=kl.device)
+                kl = torch.where(m.reshape(m.shape + (1,) * len(g["fn"].event_shape)), kl,
+                                 kl.new_zeros(()))
             n_batch = len(g["fn"].batch_shape)
             kl_bar = kl.mean(dim=tuple(range(n_batch)))  # (*event_shape): E over particles, batch
             count = math.prod(g["fn"].batch_shape) / K  # datapoints (x other plate elements)
             clamped = kl_bar.clamp_min(self.free_bits).sum()
             loss = loss + plate_scale(g) * _extra_scale(g) * count * clamped
+        for name, site in observed_sites(guide_trace):  # guide factors: part of log q
+            if not getattr(site["fn"], "has_rsample", False):
+                raise ValueError(f"guide site '{name}' is an observed / factor site without a "
+                                 "reparameterised log density (has_rsample=False); "
+                                 "FreeBits_ELBO uses pathwise gradients only")
+            lp = site_log_prob_per_datapoint(site, K, batch, nesting, strict_scale=False)
+            loss = loss + _data_scale(site) * _extra_scale(site) * lp.sum() / K
         return torch.as_tensor(loss)
 
     def loss(self, model, guide, *args, **kwargs) -> float:
@@ -371,6 +414,12 @@ class FreeBits_ELBO(ELBO):
         if math.isnan(value):
             warnings.warn("FreeBits_ELBO loss is NaN", RuntimeWarning)
         return value
+
+
+def _data_scale(site: dict) -> float:
+    """N / B of the site's ``"data"`` plate (1 outside it)."""
+    frame = data_plate_frame(site)
+    return 1.0 if frame is None else (frame.full_size or frame.size) / frame.size
 
 
 def _extra_scale(site: dict) -> float:

@@ -21,8 +21,8 @@ from pyro.poutine.trace_struct import Trace
 
 from ..sites import DATA_PLATE
 from .program import (ProgramContractError, check_shapes, data_plate_frame, discover,
-                      is_auxiliary_site, plate_scale, trace_guide_then_model,
-                      weighted_sites)
+                      is_auxiliary_site, outside_data_plate, plate_scale,
+                      trace_guide_then_model, weighted_sites)
 
 __all__ = ["LogWeights", "log_weights", "guess_max_plate_nesting", "run_vectorized",
            "site_log_prob_per_datapoint", "is_auxiliary_site", "plate_scale",
@@ -68,18 +68,6 @@ def run_vectorized(model: Callable, guide: Callable, x: torch.Tensor, num_partic
                                   max_plate_nesting=max_plate_nesting)
 
 
-def _outside_data_plate(name: str) -> ProgramContractError:
-    hint = ""
-    if name.startswith("_Auto"):
-        hint = (" (an autoguide that packs every latent into one global site: use "
-                "AutoNormal or AutoDelta, which keep each latent in its plates)")
-    return ProgramContractError(
-        f"sample site '{name}' is outside the '{DATA_PLATE}' plate{hint}: per-datapoint "
-        "log weights need every site inside pyro.plate('data', ...) (global latents "
-        "are not supported by the importance-weighted estimators); wrap it with "
-        "lvm_pyro.sites.data_plate(x, num_data, idx)")
-
-
 def site_log_prob_per_datapoint(site: dict, num_particles: int, batch: int,
                                 max_plate_nesting: int, *, strict_scale: bool = True,
                                 log_prob: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -105,7 +93,7 @@ def site_log_prob_per_datapoint(site: dict, num_particles: int, batch: int,
     name = site["name"]
     data_frame = data_plate_frame(site)
     if data_frame is None:
-        raise _outside_data_plate(name)
+        raise outside_data_plate(name)
     if site["infer"].get("enumerate"):
         raise ValueError(f"site '{name}' is marked for enumeration; importance weights need "
                          "sampled sites (use TraceEnum_ELBO for exact marginalisation)")

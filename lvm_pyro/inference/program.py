@@ -44,7 +44,7 @@ from ..sites import AUXILIARY, DATA_PLATE, PARTICLE_PLATE
 __all__ = [
     "ProgramContractError", "ProgramInfo", "accepted_keywords", "program_kwargs",
     "adapt_program", "bind_program", "is_auxiliary_site", "latent_sites", "observed_sites",
-    "auxiliary_sites", "weighted_sites", "plate_scale", "data_plate_frame", "trace_program",
+    "auxiliary_sites", "weighted_sites", "plate_scale", "outside_data_plate", "data_plate_frame", "trace_program",
     "trace_guide_then_model", "discover", "check_shapes", "check_not_point_mass",
     "shared_parameters", "param_tensors", "guide_parents", "warn_if_nan", "BROADCAST_HINT",
 ]
@@ -457,6 +457,19 @@ def _check_structure(model_trace: Trace, guide_trace: Trace) -> None:
                 "reparameterised samples, has_rsample=False otherwise")
 
 
+def outside_data_plate(name: str) -> ProgramContractError:
+    """The error for a site outside the ``"data"`` plate (a global latent)."""
+    hint = ""
+    if name.startswith("_Auto"):
+        hint = (" (an autoguide that packs every latent into one global site: use "
+                "AutoNormal or AutoDelta, which keep each latent in its plates)")
+    return ProgramContractError(
+        f"sample site '{name}' is outside the '{DATA_PLATE}' plate{hint}: per-datapoint "
+        "log weights need every site inside pyro.plate('data', ...) (global latents "
+        "are not supported by the importance-weighted estimators); wrap it with "
+        "lvm_pyro.sites.data_plate(x, num_data, idx)")
+
+
 def param_tensors(trace: Trace) -> dict[str, torch.Tensor]:
     """Param-store name -> unconstrained leaf tensor of a trace's param sites."""
     out = {}
@@ -481,7 +494,8 @@ def discover(model: Callable, guide: Callable, x: torch.Tensor, *,
 
     Raises:
         ProgramContractError (a ``ValueError``): a ``"data"`` plate whose subsample is not
-            ``len(x)``; a sequential ``"data"`` plate; a model latent missing from the guide
+            ``len(x)``; a sequential ``"data"`` plate; a latent, observed or factor site
+            outside the ``"data"`` plate (a global latent); a model latent missing from the guide
             or with another shape there; a guide ``pyro.factor`` without ``has_rsample``;
             floating data whose dtype differs from a module program's parameters (when the
             run fails).
@@ -496,14 +510,18 @@ def discover(model: Callable, guide: Callable, x: torch.Tensor, *,
                 with _DataPlateCheck(batch, "model"), _ShapeCheck(guide_trace):
                     model_trace = trace_program(model, x, num_data=num_data, idx=idx,
                                                 replay=guide_trace, block=False)
-            except ProgramContractError:
-                raise
+            except ProgramContractError as err:  # without the trace shapes Pyro appends
+                raise ProgramContractError(str(err).splitlines()[0]) from None
             except (RuntimeError, TypeError) as err:
                 _check_dtypes(model, guide, x, err)
                 raise
     finally:
         set_rng_state(rng)
     _check_structure(model_trace, guide_trace)
+    for trace in (model_trace, guide_trace):
+        for name, site in weighted_sites(trace):
+            if data_plate_frame(site) is None:
+                raise outside_data_plate(name)
     nesting = 1
     for trace in (guide_trace, model_trace):
         for site in trace.nodes.values():

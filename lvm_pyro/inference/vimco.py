@@ -37,7 +37,7 @@ from pyro.poutine.trace_struct import Trace
 from .evaluation import logmeanexp
 from .log_weights import site_log_prob_per_datapoint, weights_from_traces
 from .particle_elbo import ParticleELBO, auxiliary_log_factor
-from .program import latent_sites, warn_if_nan
+from .program import warn_if_nan, weighted_sites
 
 __all__ = ["VIMCO", "VIMCOForward", "leave_one_out_baselines", "vimco_surrogate"]
 
@@ -149,7 +149,7 @@ class VIMCO(ParticleELBO):
         for model_trace, guide_trace, K in self._passes(model, guide, x, num_data, idx, nesting):
             lw = weights_from_traces(model_trace, guide_trace, batch, K, nesting)
             log_q_score = None
-            for _, site in latent_sites(guide_trace):
+            for _, site in weighted_sites(guide_trace):  # latents, guide factors
                 if getattr(site["fn"], "has_rsample", False):
                     continue
                 lq = site_log_prob_per_datapoint(site, K, batch, nesting)  # (K, batch)

@@ -167,20 +167,29 @@ class IWAE_ELBO(ParticleELBO):
     two only if accepted); every latent must sit in ``pyro.plate("data", ...)``.
 
     Args:
-        num_particles: K >= 1 (Burda et al.'s k); particles are always vectorised in a
-            plate outside the data plate.
+        num_particles: K >= 1 (Burda et al.'s k).
         gradient: ``"standard"`` | ``"dreg"`` | ``"stl"`` (module docstring).
-        max_plate_nesting: plate dims the programs use; guessed by one extra run on the
-            first call when ``None`` and cached.
+        max_plate_nesting: plate dims the programs use; found on the first call when
+            ``None`` and cached.
+        vectorize_particles: ``True``: the K particles in one plate outside the data
+            plate (the programs must broadcast over a leading dim); ``False``: K
+            unvectorised runs (slower; same estimator).
+
+    The first call with a (model, guide) pair checks the site contract once
+    (:func:`lvm_pyro.inference.program.discover`, ``docs/site_contract.md``).
 
     Raises:
         ValueError: at construction, ``num_particles < 1`` or an unknown ``gradient``; on
-            a call, a non-reparameterisable guide site with ``"dreg"`` / ``"stl"``, a site
-            with a scale other than the data plate's N / B (``poutine.scale``, e.g. a
-            beta), a latent outside the data plate, or a model latent the guide lacks.
+            a call, a contract violation (data-plate size, shapes, a latent outside the
+            data plate, a model latent the guide lacks, a program that does not broadcast
+            over the particle dim), a non-reparameterisable guide site with ``"dreg"`` /
+            ``"stl"``, or a site with a scale other than its plates' (``poutine.scale``,
+            e.g. a beta).
 
     Warns:
         BiasedGradientWarning: ``gradient="stl"`` with K > 1.
+        SharedParameterWarning: ``"dreg"`` / ``"stl"`` when model and guide read the same
+            parameters (named; once per pair).
 
     References: Burda, Grosse & Salakhutdinov 2015 (eq. 8, 14); Tucker, Lawson, Gu &
     Maddison 2018, "Doubly reparameterized gradient estimators" (eq. 5); Roeder, Wu &

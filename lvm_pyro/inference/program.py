@@ -15,8 +15,8 @@ user's program through this module (``shared/docs/DESIGN.md``, "Site conventions
   (the guide, then the model replayed on the guide's trace; unvectorised, or vectorised
   over a particle plate outside every other plate);
 * **checks**: :func:`discover` runs both programs once, unvectorised, and checks the
-  contract (data-plate size, sequential data plate, model / guide shapes, guide factors,
-  dtypes), naming the fix in a one-line ``ValueError``; callers do this once and cache the
+  contract (data-plate size, sequential data plate, sites outside the data plate, model /
+  guide shapes, guide factors, dtypes), naming the fix in a one-line ``ValueError``; callers do this once and cache the
   :class:`ProgramInfo`. A vectorised run that fails although the unvectorised one works is
   reported as a program that does not broadcast over the leading particle dimension.
 """
@@ -44,7 +44,8 @@ from ..sites import AUXILIARY, DATA_PLATE, PARTICLE_PLATE
 __all__ = [
     "ProgramContractError", "ProgramInfo", "accepted_keywords", "program_kwargs",
     "adapt_program", "bind_program", "is_auxiliary_site", "latent_sites", "observed_sites",
-    "auxiliary_sites", "weighted_sites", "plate_scale", "outside_data_plate", "data_plate_frame", "trace_program",
+    "auxiliary_sites", "weighted_sites", "plate_scale", "outside_data_plate",
+    "data_plate_frame", "trace_program",
     "trace_guide_then_model", "discover", "check_shapes", "check_not_point_mass",
     "shared_parameters", "param_tensors", "guide_parents", "warn_if_nan", "BROADCAST_HINT",
 ]
@@ -343,10 +344,14 @@ class _DataPlateCheck(Messenger):
 
 
 def _module_dtypes(fn: Callable) -> set:
-    seen = getattr(fn, "__wrapped__", None)
-    mod = fn if isinstance(fn, torch.nn.Module) else seen if isinstance(seen, torch.nn.Module) else None
-    if mod is None:
+    """Floating dtypes of a module program's parameters and buffers (through wrappers)."""
+    for _ in range(64):
+        if isinstance(fn, torch.nn.Module) or getattr(fn, "__wrapped__", None) is None:
+            break
+        fn = fn.__wrapped__
+    if not isinstance(fn, torch.nn.Module):
         return set()
+    mod = fn
     return {t.dtype for t in list(mod.parameters()) + list(mod.buffers())
             if torch.is_floating_point(t)}
 

@@ -122,7 +122,9 @@ class VIMCO(ParticleELBO):
 
     Args:
         num_particles: K >= 2 (the baselines leave one particle out).
-        max_plate_nesting: plate dims the programs use; guessed once when ``None``.
+        max_plate_nesting: plate dims the programs use; found once when ``None``.
+        vectorize_particles: ``False`` runs the K particles one at a time (for programs
+            that do not broadcast over a leading particle dimension; slower).
 
     Raises:
         ValueError: at construction, K < 2; on a call, the engine's errors (a latent

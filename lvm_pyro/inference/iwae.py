@@ -51,6 +51,7 @@ import warnings
 from typing import Callable, NamedTuple, Optional
 
 import pyro
+import pyro.poutine as poutine
 import torch
 from pyro.poutine.trace_struct import Trace
 from torch.overrides import TorchFunctionMode
@@ -141,10 +142,12 @@ def _rescore_detached(guide: Callable, x: torch.Tensor, guide_trace: Trace,
     with every guide parameter detached. Each site's ``fn`` is then q(. | x, upstream
     latents) with stop-gradient parameters (Tucker et al. 2018, sec. 3), hierarchical
     guides included."""
-    with _DetachedParameters(_params(guide_trace)), contextlib.ExitStack() as stack:
+    with _DetachedParameters(_params(guide_trace)), poutine.block(), \
+            contextlib.ExitStack() as stack:
         if K is not None:
             stack.enter_context(pyro.plate(PARTICLE_PLATE, K, dim=-(nesting + 1)))
-        return trace_program(guide, x, num_data=num_data, idx=idx, replay=guide_trace)
+        return trace_program(guide, x, num_data=num_data, idx=idx, replay=guide_trace,
+                             block=False)
 
 
 class IWAE_ELBO(ParticleELBO):

@@ -31,7 +31,6 @@ univariate base distribution under ``.to_event``), else it raises.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Callable, Optional, Sequence, Union
 
 import pyro.distributions as dist
@@ -45,7 +44,7 @@ from torch.distributions import kl_divergence
 from ..sites import DATA_PLATE
 from .log_weights import is_auxiliary_site, plate_scale, site_log_prob_per_datapoint
 from .program import (bind_program, data_plate_frame, discover, observed_sites,
-                      trace_guide_then_model)
+                      trace_guide_then_model, warn_if_nan)
 
 __all__ = ["kl_warmup_factor", "beta_schedule", "LatentScaleMessenger", "scale_latents",
            "KLWeighted_ELBO", "FreeBits_ELBO", "per_dimension_kl"]
@@ -401,19 +400,14 @@ class FreeBits_ELBO(ELBO):
         """The free-bits loss (float, nats); no gradients."""
         with torch.no_grad():
             value = float(self.differentiable_loss(model, guide, *args, **kwargs))
-        if math.isnan(value):
-            warnings.warn("FreeBits_ELBO loss is NaN", RuntimeWarning)
-        return value
+        return warn_if_nan(value, "FreeBits_ELBO loss")
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """Back-propagate the free-bits loss into ``.grad``; return its value."""
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         if loss.requires_grad:
             loss.backward()
-        value = float(loss.detach())
-        if math.isnan(value):
-            warnings.warn("FreeBits_ELBO loss is NaN", RuntimeWarning)
-        return value
+        return warn_if_nan(float(loss.detach()), "FreeBits_ELBO loss")
 
 
 def _data_scale(site: dict) -> float:

@@ -231,7 +231,8 @@ def trace_program(fn: Callable, x: torch.Tensor, *, num_data: Optional[int] = No
                   block: bool = True, keywords_of: Optional[Callable] = None) -> Trace:
     """Trace one run of ``fn(x, **accepted keywords)``, optionally replayed on ``replay``
     (its sites with the same names take those values). ``block`` hides the run from
-    enclosing handlers (no effect on the param store). ``keywords_of``: the program whose
+    enclosing handlers (no effect on the param store), a plate the caller opened around
+    this call included: inside such a plate pass ``block=False`` (and block outside it). ``keywords_of``: the program whose
     signature decides the keywords when ``fn`` wraps it in a handler
     (``poutine.uncondition(model)``)."""
     prog = fn if replay is None else poutine.replay(fn, trace=replay)

@@ -250,6 +250,8 @@ def test_dtype_follows_the_input_or_is_a_clear_error():
     model, guide = build_vae({"z_dim": 2}, (1, 8, 8))
     with pytest.raises(ValueError, match=r"x is torch.float64 but the guide's parameters are torch.float32"):
         log_marginal_likelihood(model, guide, x, 3)
+    with pytest.raises(ValueError, match=r"x is torch.float64 but the guide's parameters"):
+        Trainer(model, guide, Trace_ELBO(), batch_size=2, progress=False).fit(x, 1)
     model.double(), guide.double()
     assert log_marginal_likelihood(model, guide, x, 3).dtype == torch.float64
     assert elbo_per_datapoint(model, guide, x, 2).dtype == torch.float64

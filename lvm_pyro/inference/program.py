@@ -47,7 +47,7 @@ __all__ = [
     "auxiliary_sites", "weighted_sites", "plate_scale", "outside_data_plate",
     "data_plate_frame", "trace_program",
     "trace_guide_then_model", "discover", "check_shapes", "check_not_point_mass",
-    "shared_parameters", "param_tensors", "guide_parents", "warn_if_nan", "BROADCAST_HINT",
+    "shared_parameters", "param_tensors", "check_dtypes", "guide_parents", "warn_if_nan", "BROADCAST_HINT",
 ]
 
 KEYWORDS = ("num_data", "idx")
@@ -357,9 +357,14 @@ def _module_dtypes(fn: Callable) -> set:
             if torch.is_floating_point(t)}
 
 
-def _check_dtypes(model: Callable, guide: Callable, x: torch.Tensor, err: Exception) -> None:
-    """After a failed discovery run: a floating x whose dtype differs from the programs'
-    parameters gets the error naming the conversion."""
+def check_dtypes(model: Callable, guide: Callable, x: torch.Tensor, err: Exception) -> None:
+    """After a failed run of the programs on ``x`` (raising ``err``): a floating x whose
+    dtype differs from a module program's parameters gets the error naming the conversion
+    (chained from ``err``); otherwise returns and the caller re-raises ``err``.
+
+    Raises:
+        ProgramContractError: the dtypes differ.
+    """
     if not torch.is_floating_point(x):
         return
     for who, fn in (("guide", guide), ("model", model)):
@@ -519,7 +524,7 @@ def discover(model: Callable, guide: Callable, x: torch.Tensor, *,
             except ProgramContractError as err:  # without the trace shapes Pyro appends
                 raise ProgramContractError(str(err).splitlines()[0]) from None
             except (RuntimeError, TypeError) as err:
-                _check_dtypes(model, guide, x, err)
+                check_dtypes(model, guide, x, err)
                 raise
     finally:
         set_rng_state(rng)

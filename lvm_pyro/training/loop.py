@@ -21,7 +21,7 @@ import torch
 from pyro.infer import ELBO
 
 from ..data.binarize import Binarizer
-from ..inference.program import accepted_keywords, adapt_program
+from ..inference.program import accepted_keywords, adapt_program, check_dtypes
 from .checkpoint import (CheckpointError, get_rng_state, load_checkpoint, restore_params,
                          save_checkpoint, set_rng_state)
 
@@ -124,6 +124,9 @@ class Trainer:
             try:
                 self.elbo.loss(self._model, self._guide, xb, num_data=n,
                                idx=torch.arange(b, device=x.device))
+            except (RuntimeError, TypeError) as err:  # a dtype mismatch gets its fix named
+                check_dtypes(self.model, self.guide, xb, err)
+                raise
             finally:
                 set_rng_state(rng)
         self._sync_optimizer()

@@ -196,6 +196,24 @@ def test_autonormal_with_local_latents_works_and_packed_autoguides_are_named():
     Trace_ELBO().loss(_normal_model, guide, x)  # set up on these rows
     d = importance_diagnostics(_normal_model, guide, x, num_samples=30)
     assert d.khat.shape == (6,) and bool(torch.isfinite(d.log_marginal).all())
+    # AutoNormal's "z" is a Delta at its auxiliary "z_unconstrained" draw: not a point mass,
+    # and its density is in log q: at the exact posterior N(x / 2, 1 / 2) every weight is
+    # log p(x) = log N(x; 0, 2 I)
+    store = pyro.get_param_store()
+    store["AutoNormal.locs.z"] = x / 2
+    store["AutoNormal.scales.z"] = torch.full((6, 2), 0.5 ** 0.5)
+    exact = dist.Normal(0.0, 2 ** 0.5).log_prob(x).sum(-1)
+    torch.testing.assert_close(log_marginal_likelihood(_normal_model, guide, x, 10), exact,
+                               rtol=0, atol=1e-5)
+    assert set(to_datatree(_normal_model, guide, x, 30)["posterior"].data_vars) == {"z", "z_unconstrained"}
+    # minibatches: the autoguide's own plate would draw other rows than idx
+    idx = torch.tensor([1, 3, 4])
+    with pytest.raises(ValueError, match="draws its own subsample"):
+        IWAE_ELBO(2).loss(_normal_model, AutoNormal(_normal_model), x[idx], num_data=6, idx=idx)
+    pyro.clear_param_store()
+    mb = AutoNormal(_normal_model, create_plates=lambda x, num_data=None, idx=None:
+                    pyro.plate("data", num_data, subsample=idx))
+    assert math.isfinite(IWAE_ELBO(2).loss(_normal_model, mb, x[idx], num_data=6, idx=idx))
     packed = AutoDiagonalNormal(_normal_model)
     Trace_ELBO().loss(_normal_model, packed, x)
     with pytest.raises(ValueError, match="use AutoNormal"):

@@ -326,9 +326,9 @@ class ProgramInfo(NamedTuple):
 class _DataPlateCheck(Messenger):
     """Checks, as the ``"data"`` plate is entered, that its subsample size is ``len(x)``."""
 
-    def __init__(self, batch: int, who: str):
+    def __init__(self, batch: int, who: str, idx: Optional[torch.Tensor] = None):
         super().__init__()
-        self.batch, self.who = batch, who
+        self.batch, self.who, self.idx = batch, who, idx
 
     def _postprocess_message(self, msg) -> None:
         if msg["type"] != "sample" or msg["name"] != DATA_PLATE or not site_is_subsample(msg):
@@ -342,6 +342,20 @@ class _DataPlateCheck(Messenger):
                 f"x[idx] with pyro.plate('{DATA_PLATE}', N, subsample=idx) "
                 "(lvm_pyro.sites.data_plate(x, num_data, idx)); an autoguide must be "
                 "evaluated on the rows it was set up for")
+        if (self.idx is not None and size == len(self.idx)
+                and not torch.equal(value.to(self.idx.device), self.idx.to(value.dtype))):
+            raise ProgramContractError(
+                f"the {self.who}'s '{DATA_PLATE}' plate draws its own subsample instead of the "
+                f"minibatch indices idx, so its rows are not the rows of x; build the plate "
+                f"with pyro.plate('{DATA_PLATE}', num_data, subsample=idx) (for an autoguide: "
+                f"AutoNormal(model, create_plates=lambda x, num_data=None, idx=None: "
+                f"pyro.plate('{DATA_PLATE}', num_data, subsample=idx)))")
+
+
+def _idx_for(fn: Callable, idx: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The minibatch indices a program's data plate must use: ``idx`` when the program
+    is passed it, else none to check."""
+    return idx if idx is not None and "idx" in accepted_keywords(fn) else None
 
 
 def _module_dtypes(fn: Callable) -> set:
@@ -516,9 +530,10 @@ def discover(model: Callable, guide: Callable, x: torch.Tensor, *,
     try:
         with torch.no_grad(), poutine.block():
             try:
-                with _DataPlateCheck(batch, "guide"):
+                with _DataPlateCheck(batch, "guide", _idx_for(guide, idx)):
                     guide_trace = trace_program(guide, x, num_data=num_data, idx=idx, block=False)
-                with _DataPlateCheck(batch, "model"), _ShapeCheck(guide_trace):
+                with _DataPlateCheck(batch, "model", _idx_for(model, idx)), \
+                        _ShapeCheck(guide_trace):
                     model_trace = trace_program(model, x, num_data=num_data, idx=idx,
                                                 replay=guide_trace, block=False)
             except ProgramContractError as err:  # without the trace shapes Pyro appends
@@ -549,12 +564,18 @@ def discover(model: Callable, guide: Callable, x: torch.Tensor, *,
 def check_not_point_mass(model_trace: Trace, guide_trace: Trace, what: str) -> None:
     """Refuse a guide whose continuous latent is a point mass (``Delta``, e.g. ``AutoDelta``):
     log q is then 0 at the point, and log p(x, z_MAP) is not an estimate of log p(x).
-    Point masses on discrete latents (a probability, not a density: VQ-VAE codes) and
-    sites that are deterministic in the model too (a ``Delta`` there) are allowed.
+    Point masses on discrete latents (a probability, not a density: VQ-VAE codes), sites
+    that are deterministic in the model too (a ``Delta`` there), and guides whose ``Delta``
+    sites transform a draw of an auxiliary guide site (``AutoNormal``: ``z`` is a ``Delta``
+    at the transformed ``z_unconstrained`` draw, whose density is in log q) are allowed.
 
     Raises:
         ProgramContractError: naming the site and ``what`` refused it.
     """
+    drawn = any(s["infer"].get("is_auxiliary") and not isinstance(_unwrap(s["fn"]), dist.Delta)
+                for _, s in latent_sites(guide_trace))
+    if drawn:  # Delta sites are deterministic transforms of auxiliary draws
+        return
     for name, site in latent_sites(guide_trace):
         if isinstance(_unwrap(site["fn"]), dist.Delta):
             msite = model_trace.nodes.get(name)

@@ -262,6 +262,22 @@ def test_two_gaussian_mixtures_do_not_share_parameters_silently():
     assert elbo.loss(c, EmptyGuide(), x) == pytest.approx(-float(c.log_prob(x).sum()), rel=1e-6)
 
 
+def test_a_second_vae_is_not_trained_through_the_first_ones_param_store_entries():
+    """Pyro keeps the first registration of "encoder$$$net.0.weight": the second VAE's
+    Trainer used to step the first VAE's tensors (its own weights never changed)."""
+    from lvm_pyro.training.builders import build_vae
+    x = torch.rand(20, 1, 8, 8)
+    first = build_vae({"z_dim": 2}, (1, 8, 8))
+    Trainer(*first, Trace_ELBO(), batch_size=10, progress=False).fit(x, 1)
+    model, guide = build_vae({"z_dim": 2}, (1, 8, 8))
+    with pytest.raises(ValueError, match=r"call pyro.clear_param_store\(\)"):
+        Trainer(model, guide, Trace_ELBO(), batch_size=10, progress=False).fit(x, 1)
+    pyro.clear_param_store()
+    before = [p.detach().clone() for p in guide.parameters()]
+    Trainer(model, guide, Trace_ELBO(), batch_size=10, progress=False).fit(x, 1)
+    assert all(not torch.equal(a, b) for a, b in zip(before, guide.parameters()))
+
+
 def test_dtype_follows_the_input_or_is_a_clear_error():
     from lvm_pyro.training.builders import build_vae
     x = (torch.rand(4, 1, 8, 8) > 0.5).double()

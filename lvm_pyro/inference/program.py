@@ -47,7 +47,7 @@ __all__ = [
     "auxiliary_sites", "weighted_sites", "plate_scale", "outside_data_plate",
     "data_plate_frame", "trace_program",
     "trace_guide_then_model", "discover", "check_shapes", "check_not_point_mass",
-    "shared_parameters", "param_tensors", "check_dtypes", "guide_parents", "warn_if_nan", "BROADCAST_HINT",
+    "shared_parameters", "param_tensors", "check_dtypes", "check_param_ownership", "guide_parents", "warn_if_nan", "BROADCAST_HINT",
 ]
 
 KEYWORDS = ("num_data", "idx")
@@ -510,6 +510,37 @@ def shared_parameters(model_trace: Trace, guide_trace: Trace) -> tuple:
     m = param_tensors(model_trace)
     ids = {id(t) for t in m.values()}
     return tuple(sorted(n for n, t in param_tensors(guide_trace).items() if id(t) in ids))
+
+
+def check_param_ownership(modules: dict) -> None:
+    """After the programs have run once: raise when Pyro's param store holds, under this
+    run's names, tensors of *another* module instance (a second model of the same class
+    built without ``pyro.clear_param_store()``: Pyro keeps the first registration, so an
+    optimiser built from the store would update the other instance while this one's own
+    weights, which its forward uses, never change).
+
+    Args:
+        modules: name -> ``nn.Module`` of the programs being trained.
+
+    Raises:
+        ProgramContractError: some of the modules' parameters are missing from the store
+            while the store holds parameters that none of the modules owns.
+    """
+    store = pyro.get_param_store()
+    stored = {id(p) for _, p in store.named_parameters()}
+    own = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+    missing = [p for p in own if id(p) not in stored]
+    if not missing:
+        return
+    owned = {id(p) for p in own}
+    foreign = [n for n, p in store.named_parameters() if id(p) not in owned]
+    if foreign:
+        raise ProgramContractError(
+            f"Pyro's param store holds {len(foreign)} parameters under this model's names "
+            f"({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}) that belong to "
+            "another module instance (built earlier in this process), so training would "
+            "update that instance and never this one; call pyro.clear_param_store() before "
+            "building this model and guide")
 
 
 def discover(model: Callable, guide: Callable, x: torch.Tensor, *,

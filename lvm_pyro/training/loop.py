@@ -21,7 +21,8 @@ import torch
 from pyro.infer import ELBO
 
 from ..data.binarize import Binarizer
-from ..inference.program import accepted_keywords, adapt_program, check_dtypes
+from ..inference.program import (accepted_keywords, adapt_program, check_dtypes,
+                                 check_param_ownership)
 from .checkpoint import (CheckpointError, get_rng_state, load_checkpoint, restore_params,
                          save_checkpoint, set_rng_state)
 
@@ -129,6 +130,7 @@ class Trainer:
                 raise
             finally:
                 set_rng_state(rng)
+        check_param_ownership(self.modules)
         self._sync_optimizer()
 
     def _sync_optimizer(self) -> None:

@@ -294,3 +294,35 @@ def test_dtype_follows_the_input_or_is_a_clear_error():
         gmm.log_prob(torch.randn(3, 2, dtype=torch.float64))
     gmm64 = GaussianMixtureModel.init_from_data(torch.randn(9, 2, dtype=torch.float64), 2, name="g64")
     assert gmm64.log_prob(torch.randn(3, 2, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_the_contract_is_checked_once_per_pair_not_every_step(monkeypatch):
+    """No per-step work: the checked discovery run happens on the first call only, also
+    under KLWeighted_ELBO, which wraps the programs afresh at every step."""
+    import lvm_pyro.inference.kl_weighting as kl_module
+    import lvm_pyro.inference.particle_elbo as particle_module
+    from lvm_pyro.inference import FreeBits_ELBO, KLWeighted_ELBO
+    from lvm_pyro.inference.program import discover
+
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return discover(*args, **kwargs)
+
+    monkeypatch.setattr(kl_module, "discover", counting)
+    monkeypatch.setattr(particle_module, "discover", counting)
+    x = torch.randn(4, 2)
+    for objective in (IWAE_ELBO(2), VIMCO(2), FreeBits_ELBO(0.1),
+                      KLWeighted_ELBO(FreeBits_ELBO(0.1), beta=0.5, kl_warmup_steps=3),
+                      KLWeighted_ELBO(IWAE_ELBO(2))):
+        calls.clear()
+        for _ in range(4):
+            objective.loss_and_grads(_normal_model, _diag_guide, x)
+        assert len(calls) == 1, objective
+
+
+def _diag_guide(x, num_data=None, idx=None):
+    loc = pyro.param("g_loc", torch.zeros(2))
+    with data_plate(x, num_data, idx):
+        pyro.sample("z", dist.Normal(loc + 0.5 * x, 1.0).to_event(1))

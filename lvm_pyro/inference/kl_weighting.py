@@ -43,7 +43,7 @@ from torch.distributions import kl_divergence
 
 from ..sites import DATA_PLATE
 from .log_weights import is_auxiliary_site, plate_scale, site_log_prob_per_datapoint
-from .program import (bind_program, data_plate_frame, discover, observed_sites,
+from .program import (bind_program, data_plate_frame, discover, observed_sites, program_root,
                       trace_guide_then_model, warn_if_nan)
 
 __all__ = ["kl_warmup_factor", "beta_schedule", "LatentScaleMessenger", "scale_latents",
@@ -323,7 +323,7 @@ class FreeBits_ELBO(ELBO):
         return f"FreeBits_ELBO(free_bits={self.free_bits}, num_particles={self.num_particles})"
 
     def _traces(self, model, guide, args, kwargs):
-        args_model, args_guide = model, guide
+        args_model, args_guide = program_root(model), program_root(guide)
         if not args:
             raise ValueError("FreeBits_ELBO needs the observations as the first positional "
                              "argument: loss(model, guide, x, num_data=..., idx=...)")
@@ -332,7 +332,7 @@ class FreeBits_ELBO(ELBO):
         num_data, idx = extra.pop("num_data", None), extra.pop("idx", None)
         rest = tuple(args[1:])
         checked = getattr(self, "_checked", [])
-        seen = any(m is model and g is guide for m, g in checked)
+        seen = any(m is args_model and g is args_guide for m, g in checked)
         model, guide = bind_program(model, rest, extra), bind_program(guide, rest, extra)
         if not seen or self.max_plate_nesting == float("inf"):
             info = discover(model, guide, x, num_data=num_data, idx=idx)  # contract checks

@@ -11,7 +11,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO
 from pyro.poutine.trace_struct import Trace
 
-from .program import (ProgramInfo, auxiliary_sites, bind_program, discover,
+from .program import (ProgramInfo, auxiliary_sites, bind_program, discover, program_root,
                       trace_guide_then_model)
 
 __all__ = ["ParticleELBO", "bind_program", "auxiliary_log_factor"]
@@ -92,14 +92,15 @@ class ParticleELBO(ELBO):
         x, rest = args[0], tuple(args[1:])
         extra = dict(kwargs)
         num_data, idx = extra.pop("num_data", None), extra.pop("idx", None)
-        seen = any(m is model and g is guide for m, g in self._checked)
+        key = (program_root(model), program_root(guide))
+        seen = any(m is key[0] and g is key[1] for m, g in self._checked)
         model_b, guide_b = bind_program(model, rest, extra), bind_program(guide, rest, extra)
         if not seen or self.max_plate_nesting == float("inf"):
             info = discover(model_b, guide_b, x, num_data=num_data, idx=idx)
             if self.max_plate_nesting == float("inf"):
                 self.max_plate_nesting = info.max_plate_nesting
             self._on_discover(info)
-            self._checked = (self._checked + [(model, guide)])[-_MAX_CHECKED:]
+            self._checked = (self._checked + [key])[-_MAX_CHECKED:]
         return x, num_data, idx, model_b, guide_b, int(self.max_plate_nesting)
 
     def _passes(self, model: Callable, guide: Callable, x: torch.Tensor, num_data, idx,

@@ -43,7 +43,7 @@ from ..sites import AUXILIARY, DATA_PLATE, PARTICLE_PLATE
 
 __all__ = [
     "ProgramContractError", "ProgramInfo", "accepted_keywords", "program_kwargs",
-    "adapt_program", "bind_program", "is_auxiliary_site", "latent_sites", "observed_sites",
+    "adapt_program", "bind_program", "program_root", "is_auxiliary_site", "latent_sites", "observed_sites",
     "auxiliary_sites", "weighted_sites", "plate_scale", "outside_data_plate",
     "data_plate_frame", "trace_program",
     "trace_guide_then_model", "discover", "check_shapes", "check_not_point_mass",
@@ -115,6 +115,18 @@ def accepted_keywords(fn: Callable) -> frozenset:
         except TypeError:
             pass
     return out
+
+
+def program_root(fn: Callable) -> Callable:
+    """The program under its wrappers (``__wrapped__`` chain: :func:`adapt_program`,
+    :func:`lvm_pyro.inference.scale_latents` ...): objectives remember which programs they
+    have checked by it, so a wrapper made afresh every step is checked once."""
+    for _ in range(64):
+        inner = getattr(fn, "__wrapped__", None)
+        if inner is None or isinstance(fn, torch.nn.Module):
+            break
+        fn = inner
+    return fn
 
 
 def program_kwargs(fn: Callable, num_data: Optional[int] = None,

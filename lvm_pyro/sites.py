@@ -19,7 +19,6 @@ and diagnostic in :mod:`lvm_pyro`:
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, Optional
 
 import pyro
@@ -84,27 +83,11 @@ def auxiliary_factor(name: str, value: torch.Tensor) -> None:
     pyro.sample(name, unit, obs=unit.sample(), infer={"is_auxiliary": True, AUXILIARY: True})
 
 
-def _accepted(fn: Callable) -> tuple[bool, bool]:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # builtins / C callables: assume they accept all
-        return True, True
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return True, True
-    return "num_data" in params, "idx" in params
-
-
 def program_kwargs(fn: Callable, num_data: Optional[int] = None,
                    idx: Optional[torch.Tensor] = None) -> dict[str, Any]:
-    """Keyword arguments of the site convention that ``fn`` accepts.
+    """Keyword arguments of the site convention that ``fn`` accepts (by ``forward``'s
+    signature for modules): :func:`lvm_pyro.inference.program.program_kwargs`, kept here
+    for backwards compatibility."""
+    from .inference.program import program_kwargs as _program_kwargs  # noqa: PLC0415
 
-    A user's program with signature ``f(x)`` gets ``{}`` (and runs unscaled); one that
-    declares ``num_data`` / ``idx`` (or ``**kwargs``) gets them.
-    """
-    takes_n, takes_idx = _accepted(fn)
-    out: dict[str, Any] = {}
-    if takes_n and num_data is not None:
-        out["num_data"] = num_data
-    if takes_idx and idx is not None:
-        out["idx"] = idx
-    return out
+    return _program_kwargs(fn, num_data, idx)

@@ -20,6 +20,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from ..inference.program import discover, latent_sites
 from ..sites import LATENT, OBS
 from .importance import EXACT_TOL, MIN_SAMPLES, importance_diagnostics, sample_log_weights
 
@@ -145,7 +146,9 @@ def to_datatree(model: Callable, guide: Callable, x: torch.Tensor, num_samples: 
         model, guide: Pyro programs following :mod:`lvm_pyro.sites`.
         x: (batch, ...) observations.
         num_samples: S independent guide draws per datapoint (the ``draw`` dim).
-        latent: the guide's latent site (``"z"``).
+        latent: the guide's main latent site (``"z"``); every other latent site of the
+            guide (e.g. z2 of a hierarchical guide q(z1 | x) q(z2 | z1, x)) is kept too,
+            as its own ``posterior`` variable with ``<name>_dim`` dims.
         datapoint_index: coordinates of the ``datapoint`` dim (default 0..batch-1).
         diagnostics: add the ``importance`` group (k-hat, ESS, log p(x) estimate per
             datapoint, from the same log weights; needs S >= 25).
@@ -166,10 +169,23 @@ def to_datatree(model: Callable, guide: Callable, x: torch.Tensor, num_samples: 
     if diagnostics and num_samples < MIN_SAMPLES:
         raise ValueError(f"num_samples must be >= {MIN_SAMPLES} with diagnostics=True, got "
                          f"{num_samples}; pass diagnostics=False for fewer draws")
-    log_w, z = sample_log_weights(model, guide, x, num_samples, latent=latent,
-                                  chunk_size=chunk_size)
-    dt = draws_to_datatree(z, x=x, log_w=log_w, datapoint_index=datapoint_index,
+    names = [latent] + [n for n, _ in latent_sites(discover(model, guide, x).guide_trace)
+                        if n != latent]
+    log_w, draws = sample_log_weights(model, guide, x, num_samples, latent=names,
+                                      chunk_size=chunk_size)
+    dt = draws_to_datatree(draws[latent], x=x, log_w=log_w, datapoint_index=datapoint_index,
                            latent=latent, attrs={"draws": GUIDE_DRAWS_NOTE})
+    coord = dt["posterior"]["datapoint"].values
+    for name in names[1:]:
+        zn = _np(draws[name])  # (S, batch, *event)
+        if zn.ndim == 2:
+            zn = zn[..., None]
+        zdims = latent_dims(name, zn.shape[2:])
+        dt["posterior"][name] = xr.DataArray(
+            zn[None], dims=["chain", "draw", "datapoint", *zdims],
+            coords={"chain": dt["posterior"]["chain"].values,
+                    "draw": dt["posterior"]["draw"].values, "datapoint": coord,
+                    **{d: np.arange(n) for d, n in zip(zdims, zn.shape[2:])}})
     if diagnostics:
         d = importance_diagnostics(model, guide, x, log_w=log_w, exact_tol=exact_tol)
         coord = dt["posterior"]["datapoint"].values

@@ -125,16 +125,18 @@ def importance_ess(log_w: torch.Tensor | np.ndarray, *, exact_tol: float = EXACT
 
 
 def sample_log_weights(model: Callable, guide: Callable, x: torch.Tensor, num_samples: int, *,
-                       latent: Optional[str] = LATENT, chunk_size: Optional[int] = None,
+                       latent: Optional[str | Sequence[str]] = LATENT,
+                       chunk_size: Optional[int] = None,
                        max_plate_nesting: Optional[int] = None
-                       ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                       ) -> tuple[torch.Tensor, Optional[torch.Tensor | dict]]:
     """Log weights and (optionally) the guide's draws of one latent site, in chunks.
 
     Args:
         model, guide: Pyro programs following :mod:`lvm_pyro.sites`.
         x: (batch, ...) observations.
         num_samples: S draws z_k ~ q(. | x_i) per datapoint.
-        latent: guide site whose values to return (``None``: none).
+        latent: guide site whose values to return (``None``: none; a list of names:
+            a dict name -> draws).
         chunk_size: particles per vectorised pass (default: keep particles x elements of x
             under 2**24).
 
@@ -146,22 +148,27 @@ def sample_log_weights(model: Callable, guide: Callable, x: torch.Tensor, num_sa
         ValueError: ``num_samples < 1``, a missing ``latent`` site in the guide, or any
         error of :func:`lvm_pyro.inference.log_weights`.
     """
+    names = [] if latent is None else [latent] if isinstance(latent, str) else list(latent)
     with torch.no_grad():
         if max_plate_nesting is None:
             max_plate_nesting = guess_max_plate_nesting(model, guide, x)
-        lws, zs = [], []
+        lws, zs = [], {n: [] for n in names}
         for out in iter_log_weights(model, guide, x, num_samples, chunk_size=chunk_size,
                                     max_plate_nesting=max_plate_nesting):
             k = out.log_w.shape[0]
             lws.append(out.log_w.detach())
-            if latent is not None:
-                if latent not in out.guide_trace.nodes:
-                    raise ValueError(f"the guide has no sample site {latent!r}; pass "
+            for name in names:
+                if name not in out.guide_trace.nodes:
+                    raise ValueError(f"the guide has no sample site {name!r}; pass "
                                      "latent=<the name of its latent site>")
-                site = out.guide_trace.nodes[latent]
-                zs.append(particles_by_datapoint(site["value"].detach(), site["fn"].event_dim,
-                                                 k, x.shape[0], max_plate_nesting, latent))
-    return torch.cat(lws, 0), (torch.cat(zs, 0) if latent is not None else None)
+                site = out.guide_trace.nodes[name]
+                zs[name].append(particles_by_datapoint(site["value"].detach(),
+                                                       site["fn"].event_dim, k, x.shape[0],
+                                                       max_plate_nesting, name))
+    draws = {n: torch.cat(v, 0) for n, v in zs.items()}
+    if latent is None:
+        return torch.cat(lws, 0), None
+    return torch.cat(lws, 0), (draws[latent] if isinstance(latent, str) else draws)
 
 
 def particles_by_datapoint(value: torch.Tensor, event_dim: int, num_particles: int,
@@ -190,12 +197,14 @@ def check_stochastic_guide(model: Callable, guide: Callable, x: torch.Tensor) ->
     one-hot code posterior): all log weights are then equal because q has no spread, not
     because q is the exact posterior, and k-hat / ESS would be meaningless.
 
-    Runs the engine once with 2 particles on the first row of ``x``.
+    Runs the engine once with 2 particles on ``x`` (all rows: a guide with
+    per-datapoint parameters, such as an ``AutoNormal`` with local latents, is set up
+    for exactly those rows).
 
     Raises:
         ValueError: the guide's draws do not vary between particles.
     """
-    out = log_weights(model, guide, x[:1], 2)
+    out = log_weights(model, guide, x, 2)
     varies = False
     for name, site in out.guide_trace.nodes.items():
         if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):

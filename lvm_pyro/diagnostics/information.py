@@ -26,11 +26,13 @@ from __future__ import annotations
 import math
 from typing import Callable, NamedTuple
 
+import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from torch.distributions import kl_divergence
 
 from ..inference.kl import NonFactorizedLatentError, coordinate_distribution, per_dimension_kl
+from ..inference.program import guide_parents, trace_guide_then_model, trace_program
 from ..sites import LATENT
 from .errors import NotApplicableError
 
@@ -54,14 +56,24 @@ def _site(trace, latent: str, who: str) -> dict:
 def guide_distribution(guide: Callable, x: torch.Tensor, latent: str = LATENT):
     """The distribution q(z | x_i) of the guide's latent site, batch shape (batch,).
 
-    Runs ``guide(x)`` once, unvectorised, and returns the site's ``fn``.
+    Runs ``guide(x)`` once, unvectorised, and returns the site's ``fn``. Only a root
+    latent q(z | x) has such a distribution: for a latent whose guide distribution depends
+    on another latent (q(z2 | z1) in a hierarchical guide) the fn of one run is
+    q(z2 | z1 = one draw), and active units, I(x; z) and the KL decomposition would
+    condition on that draw; such a latent is refused.
 
     Raises:
-        ValueError: no site ``latent``, or a batch shape other than (batch,).
+        ValueError: no site ``latent``; a latent whose guide distribution depends on
+            other latents (naming them); a batch shape other than (batch,).
     """
-    with poutine.block():
-        trace = poutine.trace(guide).get_trace(x)
+    trace = trace_program(guide, x)
     fn = _site(trace, latent, "guide")["fn"]
+    parents = guide_parents(guide, x, latent)
+    if parents:
+        raise ValueError(
+            f"guide site {latent!r} depends on the guide's latent(s) {parents}: its "
+            f"q({latent} | x) is a mixture over them, not the distribution of one run; "
+            f"these diagnostics take root latents only (e.g. latent={parents[0]!r})")
     if tuple(fn.batch_shape) != (x.shape[0],):
         raise ValueError(f"guide site {latent!r} has batch shape {tuple(fn.batch_shape)}; "
                          f"expected ({x.shape[0]},) (one 'data' plate; declare the latent's "
@@ -74,9 +86,7 @@ def prior_distribution(model: Callable, guide: Callable, x: torch.Tensor, latent
     """The model's distribution at site ``latent`` (the prior p(z)) when replayed on one guide
     draw, batch shape (batch,). For a prior that depends on other latents this is the
     conditional at the guide's draw."""
-    with poutine.block():
-        gt = poutine.trace(guide).get_trace(x)
-        mt = poutine.trace(poutine.replay(model, trace=gt)).get_trace(x)
+    mt, _ = trace_guide_then_model(model, guide, x, block=True)
     fn = _site(mt, latent, "model")["fn"]
     return fn.expand(torch.Size([x.shape[0]])) if tuple(fn.batch_shape) != (x.shape[0],) else fn
 

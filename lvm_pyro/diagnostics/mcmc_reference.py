@@ -38,6 +38,7 @@ from pyro.poutine.messenger import Messenger
 from ..sites import AUXILIARY, LATENT
 from .arviz_convert import GUIDE_DRAWS_NOTE, draws_to_datatree
 from ..inference import guess_max_plate_nesting
+from ..inference.program import trace_program
 from .importance import sample_log_weights
 from .errors import NotApplicableError
 
@@ -139,8 +140,7 @@ def nuts_reference(model: Callable, x: torch.Tensor, *, guide: Optional[Callable
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
     if init_radius <= 0:
         raise ValueError(f"init_radius must be > 0, got {init_radius}")
-    with poutine.block():
-        site = poutine.trace(poutine.uncondition(model)).get_trace(x[:1]).nodes.get(latent)
+    site = trace_program(poutine.uncondition(model), x[:1], keywords_of=model).nodes.get(latent)
     if site is None:
         raise ValueError(f"the model has no sample site {latent!r}")
     if site["fn"].support.is_discrete:

@@ -24,6 +24,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
+from ..inference.program import trace_program
 from ..sites import LATENT, OBS
 from .importance import particles_by_datapoint
 
@@ -108,15 +109,14 @@ def simulation_based_calibration(model: Callable, guide: Callable, x_template: t
     if num_bins < 2 or (num_draws + 1) % num_bins:
         raise ValueError(f"num_draws + 1 = {num_draws + 1} must be a multiple of num_bins="
                          f"{num_bins} (>= 2); e.g. num_draws=99 with 10 bins")
-    with poutine.block():
-        trace = poutine.trace(poutine.uncondition(model)).get_trace(x_template)
+    trace = trace_program(poutine.uncondition(model), x_template, keywords_of=model)
     for name in (latent, OBS):
         if name not in trace.nodes:
             raise ValueError(f"the model has no sample site {name!r}")
     z_true = trace.nodes[latent]["value"]  # (N, *event)
     x_sim = trace.nodes[OBS]["value"].to(x_template.dtype)  # (N, ...)
     with poutine.block(), pyro.plate("_sbc_draws", num_draws, dim=-(max_plate_nesting + 1)):
-        gt = poutine.trace(guide).get_trace(x_sim)
+        gt = trace_program(guide, x_sim, block=False)
     site = gt.nodes[latent]
     z = particles_by_datapoint(site["value"], site["fn"].event_dim, num_draws, x_sim.shape[0],
                                max_plate_nesting, latent)  # (L, N, *event)

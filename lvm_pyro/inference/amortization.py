@@ -19,23 +19,21 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple, Optional
 
-import pyro.poutine as poutine
 import torch
 from pyro.infer import Trace_ELBO
 
-from ..sites import program_kwargs
 from .evaluation import elbo_per_datapoint, log_marginal_likelihood
 from .log_weights import guess_max_plate_nesting
+from .program import adapt_program, param_tensors, trace_program
 
 __all__ = ["fit_local_guide", "AmortizationGap", "amortization_gap"]
 
 
 def _guide_params(guide: Callable, x: torch.Tensor) -> list[torch.Tensor]:
     """The unconstrained parameters that ``guide`` reads (from one traced run)."""
-    with torch.no_grad(), poutine.block():
-        tr = poutine.trace(guide).get_trace(x, **program_kwargs(guide))
-    params = [site["value"].unconstrained() for site in tr.nodes.values()
-              if site["type"] == "param"]
+    with torch.no_grad():
+        tr = trace_program(guide, x)
+    params = list(param_tensors(tr).values())
     if not params:
         raise ValueError("the local guide reads no parameters (pyro.param / PyroParam); "
                          "nothing to optimise")
@@ -86,13 +84,7 @@ def fit_local_guide(model: Callable, local_guide: Callable, x: torch.Tensor, *,
     sched = torch.optim.lr_scheduler.ExponentialLR(optim, gamma)
     elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1,
                       max_plate_nesting=max_plate_nesting)
-    kw_model, kw_guide = program_kwargs(model), program_kwargs(local_guide)
-
-    def model_fn(xb):
-        return model(xb, **kw_model)
-
-    def guide_fn(xb):
-        return local_guide(xb, **kw_guide)
+    model_fn, guide_fn = adapt_program(model), adapt_program(local_guide)
 
     losses = []
     for _ in range(num_steps):

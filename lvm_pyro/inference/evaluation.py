@@ -9,6 +9,7 @@ from typing import Callable, Iterator, NamedTuple, Optional
 import torch
 
 from .log_weights import LogWeights, guess_max_plate_nesting, log_weights
+from .program import check_not_point_mass
 
 __all__ = ["iter_log_weights", "log_marginal_likelihood", "elbo_per_datapoint", "NLLSummary", "summarize_nll",
            "bits_per_dim", "logmeanexp", "BitsPerDimOffset", "bits_per_dim_offset", "NLLReport",
@@ -35,11 +36,14 @@ def _chunk(num_samples: int, x: torch.Tensor, chunk_size: Optional[int]) -> int:
 def iter_log_weights(model: Callable, guide: Callable, x: torch.Tensor, num_samples: int, *,
                      chunk_size: Optional[int] = None, num_data: Optional[int] = None,
                      idx: Optional[torch.Tensor] = None,
-                     max_plate_nesting: Optional[int] = None) -> Iterator[LogWeights]:
+                     max_plate_nesting: Optional[int] = None,
+                     vectorize_particles: bool = True) -> Iterator[LogWeights]:
     """:func:`log_weights` for ``num_samples`` particles per datapoint, in chunks of at most
     ``chunk_size`` particles (default: as many as keep particles x elements of x under
     2**24), so that memory is O(chunk x batch). Yields one :class:`LogWeights` per chunk;
     the chunks' ``log_w`` (k, batch) together hold ``num_samples`` rows.
+    ``vectorize_particles=False`` runs the particles one at a time (see
+    :func:`log_weights`).
 
     Raises:
         ValueError: ``num_samples < 1``, ``chunk_size < 1``, or an error of
@@ -54,7 +58,8 @@ def iter_log_weights(model: Callable, guide: Callable, x: torch.Tensor, num_samp
     while done < num_samples:
         k = min(chunk, num_samples - done)
         yield log_weights(model, guide, x, k, num_data=num_data, idx=idx,
-                          max_plate_nesting=max_plate_nesting)
+                          max_plate_nesting=max_plate_nesting,
+                          vectorize_particles=vectorize_particles)
         done += k
 
 
@@ -62,7 +67,8 @@ def iter_log_weights(model: Callable, guide: Callable, x: torch.Tensor, num_samp
 def log_marginal_likelihood(model: Callable, guide: Callable, x: torch.Tensor,
                             num_samples: int = 1000, *, chunk_size: Optional[int] = None,
                             num_data: Optional[int] = None, idx: Optional[torch.Tensor] = None,
-                            max_plate_nesting: Optional[int] = None) -> torch.Tensor:
+                            max_plate_nesting: Optional[int] = None,
+                            vectorize_particles: bool = True) -> torch.Tensor:
     """Importance-sampled estimate of log p(x_i) per datapoint, the guide as proposal.
 
     log p(x_i) ~= log (1/K) sum_k p(x_i, z_k) / q(z_k | x_i), z_k ~ q(. | x_i)
@@ -77,17 +83,25 @@ def log_marginal_likelihood(model: Callable, guide: Callable, x: torch.Tensor,
             particles x elements under 2**24); chunks are combined with a running
             logsumexp, so memory is O(chunk x batch) and the result does not depend on it
             beyond floating-point rounding.
+        num_data, idx, max_plate_nesting: as for :func:`lvm_pyro.inference.log_weights`.
+        vectorize_particles: ``False`` runs the particles one at a time, for programs
+            that do not broadcast over a leading particle dimension (slower).
 
     Returns:
-        (batch,) tensor, nats, in x's floating dtype (float32 for integer x).
+        (batch,) tensor, nats, in the dtype of the programs' log densities (x's floating
+        dtype for the shipped models).
 
     Raises:
-        ValueError: ``num_samples < 1`` or any error of
-        :func:`lvm_pyro.inference.log_weights`.
+        ValueError: ``num_samples < 1``; a guide whose continuous latent is a point mass
+        (``Delta``, e.g. ``AutoDelta``: its log q = 0 would turn log p(x, z_MAP) into a
+        fake log p(x)); or any error of :func:`lvm_pyro.inference.log_weights`.
     """
     running = None
     for out in iter_log_weights(model, guide, x, num_samples, chunk_size=chunk_size,
-                                num_data=num_data, idx=idx, max_plate_nesting=max_plate_nesting):
+                                num_data=num_data, idx=idx, max_plate_nesting=max_plate_nesting,
+                                vectorize_particles=vectorize_particles):
+        if running is None:
+            check_not_point_mass(out.model_trace, out.guide_trace, "log_marginal_likelihood")
         part = torch.logsumexp(out.log_w, dim=0)
         running = part if running is None else torch.logaddexp(running, part)
     return running - math.log(num_samples)

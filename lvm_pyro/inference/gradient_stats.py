@@ -17,12 +17,11 @@ import math
 from typing import Callable, NamedTuple, Optional
 
 import pyro
-import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO
 from pyro.util import get_rng_state, set_rng_state
 
-from ..sites import program_kwargs
+from .program import bind_program, trace_guide_then_model
 
 __all__ = ["GradientStats", "gradient_statistics", "parameter_groups"]
 
@@ -91,11 +90,10 @@ def parameter_groups(model: Callable, guide: Callable, *args, **kwargs) -> dict[
     num_data, idx = extra.pop("num_data", None), extra.pop("idx", None)
     rng = get_rng_state()
     try:
-        with torch.no_grad(), poutine.block():
-            gt = poutine.trace(guide).get_trace(*args, **extra,
-                                                **program_kwargs(guide, num_data, idx))
-            mt = poutine.trace(poutine.replay(model, trace=gt)).get_trace(
-                *args, **extra, **program_kwargs(model, num_data, idx))
+        with torch.no_grad():
+            mt, gt = trace_guide_then_model(bind_program(model, args[1:], extra),
+                                            bind_program(guide, args[1:], extra), args[0],
+                                            num_data=num_data, idx=idx, block=True)
     finally:
         set_rng_state(rng)  # the discovery run draws nothing the caller would see
     return {"encoder": [n for n, s in gt.nodes.items() if s["type"] == "param"],

@@ -30,7 +30,8 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 
-from ..sites import LATENT, data_plate, program_kwargs
+from ..sites import LATENT, data_plate
+from .program import adapt_program
 from .evaluation import iter_log_weights
 
 __all__ = ["effective_sample_size", "ImportanceEstimate", "importance_estimate",
@@ -196,11 +197,11 @@ def prior_proposal(model: Callable) -> Callable:
     Returns:
         ``proposal(x, *, num_data=None, idx=None)``.
     """
-    hidden = poutine.block(model, hide_fn=_is_observation)
+    hidden = poutine.block(adapt_program(model), hide_fn=_is_observation)
 
     def proposal(x: torch.Tensor, *, num_data: Optional[int] = None,
                  idx: Optional[torch.Tensor] = None):
-        return hidden(x, **program_kwargs(model, num_data, idx))
+        return hidden(x, num_data, idx)
 
     proposal.__name__ = "prior_proposal"
     return proposal

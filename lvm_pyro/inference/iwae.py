@@ -46,7 +46,7 @@ pathwise gradients of the factors, for every estimator.
 
 from __future__ import annotations
 
-import math
+import contextlib
 import warnings
 from typing import Callable, NamedTuple, Optional
 
@@ -54,17 +54,17 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.trace_struct import Trace
-from pyro.poutine.util import site_is_subsample
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
-from ..sites import PARTICLE_PLATE, program_kwargs
+from ..sites import PARTICLE_PLATE
 from .evaluation import logmeanexp
+from .log_weights import site_log_prob_per_datapoint, weights_from_traces
 from .particle_elbo import ParticleELBO, auxiliary_log_factor
-from .log_weights import (is_auxiliary_site, run_vectorized,
-                          site_log_prob_per_datapoint, weights_from_traces)
+from .program import ProgramInfo, param_tensors, trace_program, warn_if_nan, weighted_sites
 
-__all__ = ["IWAE_ELBO", "BiasedGradientWarning", "GRADIENT_ESTIMATORS", "IWAEForward"]
+__all__ = ["IWAE_ELBO", "BiasedGradientWarning", "SharedParameterWarning", "GRADIENT_ESTIMATORS",
+           "IWAEForward"]
 
 #: the gradient estimators of :class:`IWAE_ELBO`
 GRADIENT_ESTIMATORS = ("standard", "dreg", "stl")
@@ -72,6 +72,11 @@ GRADIENT_ESTIMATORS = ("standard", "dreg", "stl")
 
 class BiasedGradientWarning(UserWarning):
     """A gradient estimator is biased for the objective it is used with (STL at K > 1)."""
+
+
+class SharedParameterWarning(UserWarning):
+    """Model and guide read the same parameters, which DReG / STL cannot treat as guide
+    parameters (they get another estimator's gradient; the warning says which)."""
 
 
 class IWAEForward(NamedTuple):
@@ -99,21 +104,9 @@ class IWAEForward(NamedTuple):
     guide_trace: Trace
 
 
-def _latent_guide_sites(trace: Trace):
-    for name, site in trace.nodes.items():
-        if (site["type"] == "sample" and not site["is_observed"]
-                and not is_auxiliary_site(site) and not site_is_subsample(site)):
-            yield name, site
-
-
 def _params(trace: Trace) -> list[torch.Tensor]:
     """Unconstrained leaf tensors of the trace's param sites (as ``pyro.infer.SVI``)."""
-    out = []
-    for site in trace.nodes.values():
-        if site["type"] == "param":
-            v = site["value"]
-            out.append(v.unconstrained() if hasattr(v, "unconstrained") else v)
-    return out
+    return list(param_tensors(trace).values())
 
 
 class _DetachedParameters(TorchFunctionMode):
@@ -142,16 +135,19 @@ class _DetachedParameters(TorchFunctionMode):
         return func(*tree_map(swap, args), **tree_map(swap, kwargs or {}))
 
 
-def _rescore_detached(guide: Callable, x: torch.Tensor, guide_trace: Trace, K: int,
-                      nesting: int, num_data, idx) -> Trace:
-    """Re-run the guide under the particle plate, replaying the sampled latents (which
-    keep their reparameterised dependence on the parameters) with every guide parameter
-    detached. Each site's ``fn`` is then q(. | x, upstream latents) with stop-gradient
-    parameters (Tucker et al. 2018, sec. 3), hierarchical guides included."""
+def _rescore_detached(guide: Callable, x: torch.Tensor, guide_trace: Trace,
+                      K: Optional[int], nesting: int, num_data, idx) -> Trace:
+    """Re-run the guide (under the particle plate when ``K`` is not ``None``), replaying
+    the sampled latents (which keep their reparameterised dependence on the parameters)
+    with every guide parameter detached. Each site's ``fn`` is then q(. | x, upstream
+    latents) with stop-gradient parameters (Tucker et al. 2018, sec. 3), hierarchical
+    guides included."""
     with _DetachedParameters(_params(guide_trace)), poutine.block(), \
-            pyro.plate(PARTICLE_PLATE, K, dim=-(nesting + 1)):
-        return poutine.trace(poutine.replay(guide, trace=guide_trace)).get_trace(
-            x, **program_kwargs(guide, num_data, idx))
+            contextlib.ExitStack() as stack:
+        if K is not None:
+            stack.enter_context(pyro.plate(PARTICLE_PLATE, K, dim=-(nesting + 1)))
+        return trace_program(guide, x, num_data=num_data, idx=idx, replay=guide_trace,
+                             block=False)
 
 
 class IWAE_ELBO(ParticleELBO):
@@ -174,20 +170,29 @@ class IWAE_ELBO(ParticleELBO):
     two only if accepted); every latent must sit in ``pyro.plate("data", ...)``.
 
     Args:
-        num_particles: K >= 1 (Burda et al.'s k); particles are always vectorised in a
-            plate outside the data plate.
+        num_particles: K >= 1 (Burda et al.'s k).
         gradient: ``"standard"`` | ``"dreg"`` | ``"stl"`` (module docstring).
-        max_plate_nesting: plate dims the programs use; guessed by one extra run on the
-            first call when ``None`` and cached.
+        max_plate_nesting: plate dims the programs use; found on the first call when
+            ``None`` and cached.
+        vectorize_particles: ``True``: the K particles in one plate outside the data
+            plate (the programs must broadcast over a leading dim); ``False``: K
+            unvectorised runs (slower; same estimator).
+
+    The first call with a (model, guide) pair checks the site contract once
+    (:func:`lvm_pyro.inference.program.discover`, ``docs/site_contract.md``).
 
     Raises:
         ValueError: at construction, ``num_particles < 1`` or an unknown ``gradient``; on
-            a call, a non-reparameterisable guide site with ``"dreg"`` / ``"stl"``, a site
-            with a scale other than the data plate's N / B (``poutine.scale``, e.g. a
-            beta), a latent outside the data plate, or a model latent the guide lacks.
+            a call, a contract violation (data-plate size, shapes, a latent outside the
+            data plate, a model latent the guide lacks, a program that does not broadcast
+            over the particle dim), a non-reparameterisable guide site with ``"dreg"`` /
+            ``"stl"``, or a site with a scale other than its plates' (``poutine.scale``,
+            e.g. a beta).
 
     Warns:
         BiasedGradientWarning: ``gradient="stl"`` with K > 1.
+        SharedParameterWarning: ``"dreg"`` / ``"stl"`` when model and guide read the same
+            parameters (named; once per pair).
 
     References: Burda, Grosse & Salakhutdinov 2015 (eq. 8, 14); Tucker, Lawson, Gu &
     Maddison 2018, "Doubly reparameterized gradient estimators" (eq. 5); Roeder, Wu &
@@ -195,10 +200,11 @@ class IWAE_ELBO(ParticleELBO):
     """
 
     def __init__(self, num_particles: int = 1, gradient: str = "standard", *,
-                 max_plate_nesting: Optional[int] = None):
+                 max_plate_nesting: Optional[int] = None, vectorize_particles: bool = True):
         if gradient not in GRADIENT_ESTIMATORS:
             raise ValueError(f"gradient must be one of {GRADIENT_ESTIMATORS}, got {gradient!r}")
-        super().__init__(num_particles, max_plate_nesting=max_plate_nesting)
+        super().__init__(num_particles, max_plate_nesting=max_plate_nesting,
+                         vectorize_particles=vectorize_particles)
         self.gradient = gradient
         if gradient == "stl" and num_particles > 1:
             warnings.warn(
@@ -210,18 +216,46 @@ class IWAE_ELBO(ParticleELBO):
         return f"IWAE_ELBO(num_particles={self.num_particles}, gradient={self.gradient!r})"
 
     # -- one vectorised pass ---------------------------------------------------------
+    def _on_discover(self, info: ProgramInfo) -> None:
+        if self.gradient == "standard" or not info.shared_params:
+            return
+        names = ", ".join(info.shared_params[:8]) + (" ..." if len(info.shared_params) > 8 else "")
+        what = ("the standard IWAE gradient, not DReG's" if self.gradient == "dreg" else
+                "STL's gradient with their explicit dependence through log q dropped, as "
+                "for guide parameters")
+        warnings.warn(
+            f"IWAE_ELBO(gradient='{self.gradient}'): model and guide share the parameters "
+            f"{names}; they get {what}. Give the guide its own copy of these modules to "
+            "get the estimator for every guide parameter", SharedParameterWarning,
+            stacklevel=2)
+
     def forward(self, model: Callable, guide: Callable, *args, **kwargs) -> IWAEForward:
-        """Run guide and model once, vectorised over K particles, and gather everything
-        the value and the surrogates need. ``args[0]`` is x (batch, ...); ``num_data``
-        and ``idx`` keywords go to the data plate. See :class:`IWAEForward`."""
+        """Run guide and model over K particles (one vectorised pass, or K passes with
+        ``vectorize_particles=False``) and gather everything the value and the
+        surrogates need. ``args[0]`` is x (batch, ...); ``num_data`` and ``idx``
+        keywords go to the data plate. See :class:`IWAEForward`."""
         x, num_data, idx, model, guide, nesting = self._prepare(model, guide, args, kwargs)
-        K = self.num_particles
         batch = x.shape[0]
-        model_trace, guide_trace = run_vectorized(model, guide, x, K, nesting, num_data, idx)
+        parts = [self._one_pass(guide, x, num_data, idx, nesting, batch, mt, gt, k)
+                 for mt, gt, k in self._passes(model, guide, x, num_data, idx, nesting)]
+        first = parts[0]
+        if len(parts) == 1:
+            return first
+
+        def cat(i):
+            return None if first[i] is None else torch.cat([p[i] for p in parts], 0)
+
+        aux = sum(p.auxiliary for p in parts) / len(parts)
+        return IWAEForward(cat(0), cat(1), cat(2), aux, first.data_scale,
+                           first.model_trace, first.guide_trace)
+
+    def _one_pass(self, guide, x, num_data, idx, nesting, batch, model_trace, guide_trace,
+                  K) -> IWAEForward:
+        vectorized = self.vectorize_particles
         lw = weights_from_traces(model_trace, guide_trace, batch, K, nesting)
         log_w = lw.log_w  # (K, batch)
         log_w_det, log_q_score, rescored = None, None, None
-        for name, site in _latent_guide_sites(guide_trace):
+        for name, site in weighted_sites(guide_trace):  # latents, guide factors
             reparam = getattr(site["fn"], "has_rsample", False)
             if self.gradient != "standard":
                 if not reparam:
@@ -231,7 +265,8 @@ class IWAE_ELBO(ParticleELBO):
                         "latent to have rsample. Use gradient='standard' (score-function "
                         "terms) or a reparameterisable / relaxed distribution")
                 if rescored is None:
-                    rescored = _rescore_detached(guide, x, guide_trace, K, nesting, num_data, idx)
+                    rescored = _rescore_detached(guide, x, guide_trace, K if vectorized else None,
+                                                 nesting, num_data, idx)
                 fn = rescored.nodes[name]["fn"]
                 lq = site_log_prob_per_datapoint(site, K, batch, nesting)
                 lq_det = site_log_prob_per_datapoint(
@@ -241,6 +276,8 @@ class IWAE_ELBO(ParticleELBO):
             elif not reparam:
                 lq = site_log_prob_per_datapoint(site, K, batch, nesting)
                 log_q_score = lq if log_q_score is None else log_q_score + lq
+        if self.gradient != "standard" and log_w_det is None:
+            log_w_det = log_w  # no guide latents: nothing to re-score (the standard path)
         aux = auxiliary_log_factor((model_trace, guide_trace), K, log_w)
         return IWAEForward(log_w, log_w_det, log_q_score, aux, lw.data_scale,
                            model_trace, guide_trace)
@@ -262,9 +299,7 @@ class IWAE_ELBO(ParticleELBO):
         """The negative bound, ``-(N/B) sum_i L_K-hat(x_i)`` (minus auxiliary factors),
         a float in nats. No gradients."""
         loss = -float(self._elbo(self.forward(model, guide, *args, **kwargs))[1])
-        if math.isnan(loss):
-            warnings.warn("IWAE_ELBO loss is NaN", RuntimeWarning)
-        return loss
+        return warn_if_nan(loss, "IWAE_ELBO loss")
 
     # -- surrogates ------------------------------------------------------------------
     def _surrogates(self, f: IWAEForward, bound: torch.Tensor, elbo: torch.Tensor
@@ -312,9 +347,7 @@ class IWAE_ELBO(ParticleELBO):
                                         retain_graph=bool(guide_params))
             if guide_params and dreg.requires_grad:
                 torch.autograd.backward(-dreg, inputs=guide_params)
-        if math.isnan(loss):
-            warnings.warn("IWAE_ELBO loss is NaN", RuntimeWarning)
-        return loss
+        return warn_if_nan(loss, "IWAE_ELBO loss")
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs) -> torch.Tensor:
         """A scalar tensor whose value is :meth:`loss` and whose gradient with respect

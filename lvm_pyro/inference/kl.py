@@ -26,6 +26,16 @@ class NonFactorizedLatentError(ValueError):
     a KL per coordinate is not defined (a diagnostic reports it as not applicable)."""
 
 
+def _strip_mask(fn):
+    """(distribution without its ``.mask(...)`` wrappers, the combined mask or None)."""
+    mask = None
+    while isinstance(fn, dist.MaskedDistribution):
+        m = fn._mask
+        mask = m if mask is None else (torch.as_tensor(mask) & torch.as_tensor(m))
+        fn = fn.base_dist
+    return fn, mask
+
+
 def _coordinates(fn, role: str, name: str, marginals: bool):
     """The element-wise (univariate) distribution of the event's coordinates."""
     base = fn
@@ -63,7 +73,8 @@ def per_dimension_kl(guide_fn, model_fn, value: Optional[torch.Tensor] = None, n
 
     Args:
         guide_fn, model_fn: the site's distributions in guide and model, each univariate,
-            possibly under ``.to_event(...)`` (with ``marginals=True`` a
+            possibly under ``.to_event(...)`` and ``.mask(...)`` (a coordinate masked in
+            either has no KL, as in Pyro's KL of masked distributions) (with ``marginals=True`` a
             ``MultivariateNormal`` stands for its Normal marginals); batch shapes broadcast.
         value: a guide draw z (batch_shape + event_shape): the Monte-Carlo fallback is the
             one-sample estimate log q(z_j) - log p(z_j) at it (differentiable, for
@@ -83,16 +94,25 @@ def per_dimension_kl(guide_fn, model_fn, value: Optional[torch.Tensor] = None, n
     """
     if int(num_samples) != num_samples or num_samples < 1:
         raise ValueError(f"num_samples must be an integer >= 1, got {num_samples}")
+    guide_fn, mask = _strip_mask(guide_fn)
+    model_fn, model_mask = _strip_mask(model_fn)
+    if model_mask is not None:  # as Pyro's KL of two masked distributions: both masks
+        mask = model_mask if mask is None else torch.as_tensor(mask) & torch.as_tensor(model_mask)
     q = _coordinates(guide_fn, "guide", name, marginals)
     p = _coordinates(model_fn, "model", name, marginals)
     shape = guide_fn.batch_shape + guide_fn.event_shape
     try:
-        return kl_divergence(q, p).expand(shape), True
+        kl, analytic = kl_divergence(q, p), True
     except NotImplementedError:
-        pass
-    if value is not None:
-        kl = q.log_prob(value) - p.log_prob(value)
-    else:
-        z = q.sample((int(num_samples),))
-        kl = (q.log_prob(z) - p.log_prob(z)).mean(0)
-    return kl.expand(shape), False
+        analytic = False
+        if value is not None:
+            kl = q.log_prob(value) - p.log_prob(value)
+        else:
+            z = q.sample((int(num_samples),))
+            kl = (q.log_prob(z) - p.log_prob(z)).mean(0)
+    kl = torch.as_tensor(kl).expand(shape)
+    if mask is not None:  # .mask(m) on the batch dims: masked coordinates have no KL
+        m = torch.as_tensor(mask, device=kl.device)
+        m = m.reshape(m.shape + (1,) * len(guide_fn.event_shape))
+        kl = torch.where(m, kl, kl.new_zeros(()))
+    return kl, analytic

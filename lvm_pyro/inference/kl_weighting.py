@@ -33,7 +33,6 @@ univariate base distribution under ``.to_event``), else it raises.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -42,10 +41,11 @@ from pyro.infer import ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 
-from ..sites import DATA_PLATE, program_kwargs
-from .log_weights import (guess_max_plate_nesting, is_auxiliary_site, plate_scale, run_vectorized,
-                          site_log_prob_per_datapoint)
+from ..sites import DATA_PLATE
 from .kl import per_dimension_kl
+from .log_weights import is_auxiliary_site, plate_scale, site_log_prob_per_datapoint
+from .program import (bind_program, data_plate_frame, discover, observed_sites, program_root,
+                      trace_guide_then_model, warn_if_nan)
 from .schedules import ConstantSchedule, LinearWarmup, Schedule, schedule_to_dict
 
 __all__ = ["LatentScaleMessenger", "scale_latents",
@@ -213,8 +213,19 @@ class KLWeighted_ELBO(ELBO):
         """The wrapped objective's loss with beta_t-weighted latent terms (float, nats)."""
         return self.elbo.loss(*self._wrap(model, guide), *args, **kwargs)
 
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        return self.elbo.differentiable_loss(*self._wrap(model, guide), *args, **kwargs)
+    @property
+    def differentiable_loss(self) -> Callable[..., torch.Tensor]:
+        """``differentiable_loss(model, guide, *args, **kwargs)``: the wrapped objective's,
+        with beta_t-weighted latent terms. Present only when the wrapped objective has one
+        (``TraceGraph_ELBO`` has none): ``AttributeError`` otherwise, so ``hasattr`` tells."""
+        if not hasattr(self.elbo, "differentiable_loss"):
+            raise AttributeError(f"{type(self.elbo).__name__} has no differentiable_loss, so "
+                                 "KLWeighted_ELBO wrapping it has none either")
+
+        def differentiable_loss(model, guide, *args, **kwargs) -> torch.Tensor:
+            return self.elbo.differentiable_loss(*self._wrap(model, guide), *args, **kwargs)
+
+        return differentiable_loss
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """One training step's loss and gradients at beta_t; then t += 1."""
@@ -265,6 +276,7 @@ class FreeBits_ELBO(ELBO):
         return f"FreeBits_ELBO(free_bits={self.free_bits}, num_particles={self.num_particles})"
 
     def _traces(self, model, guide, args, kwargs):
+        args_model, args_guide = program_root(model), program_root(guide)
         if not args:
             raise ValueError("FreeBits_ELBO needs the observations as the first positional "
                              "argument: loss(model, guide, x, num_data=..., idx=...)")
@@ -272,14 +284,17 @@ class FreeBits_ELBO(ELBO):
         extra = dict(kwargs)
         num_data, idx = extra.pop("num_data", None), extra.pop("idx", None)
         rest = tuple(args[1:])
-        if rest or extra:
-            m0, g0 = model, guide
-            model = lambda x, num_data=None, idx=None: m0(x, *rest, **extra, **program_kwargs(m0, num_data, idx))  # noqa: E731
-            guide = lambda x, num_data=None, idx=None: g0(x, *rest, **extra, **program_kwargs(g0, num_data, idx))  # noqa: E731
-        if self.max_plate_nesting == float("inf"):
-            self.max_plate_nesting = guess_max_plate_nesting(model, guide, x, num_data, idx)
-        return x, run_vectorized(model, guide, x, self.num_particles,
-                                 int(self.max_plate_nesting), num_data, idx)
+        checked = getattr(self, "_checked", [])
+        seen = any(m is args_model and g is args_guide for m, g in checked)
+        model, guide = bind_program(model, rest, extra), bind_program(guide, rest, extra)
+        if not seen or self.max_plate_nesting == float("inf"):
+            info = discover(model, guide, x, num_data=num_data, idx=idx)  # contract checks
+            if self.max_plate_nesting == float("inf"):
+                self.max_plate_nesting = info.max_plate_nesting
+            self._checked = (checked + [(args_model, args_guide)])[-16:]
+        return x, trace_guide_then_model(model, guide, x, num_data=num_data, idx=idx,
+                                         num_particles=self.num_particles,
+                                         max_plate_nesting=int(self.max_plate_nesting))
 
     def _get_trace(self, model, guide, args, kwargs):
         _, (model_trace, guide_trace) = self._traces(model, guide, args, kwargs)
@@ -300,7 +315,7 @@ class FreeBits_ELBO(ELBO):
                 continue
             if site["is_observed"]:
                 lp = site_log_prob_per_datapoint(site, K, batch, nesting, strict_scale=False)
-                scale = plate_scale(site) * _extra_scale(site)
+                scale = _data_scale(site) * _extra_scale(site)  # lp has the inner plates'
                 loss = loss - scale * lp.sum() / K
                 continue
             if name not in guide_trace.nodes:
@@ -316,30 +331,42 @@ class FreeBits_ELBO(ELBO):
                                  "beta / KL warm-up (KLWeighted_ELBO) with a score-function "
                                  "objective instead")
             kl, _ = per_dimension_kl(g["fn"], site["fn"], g["value"], name)
+            if g["mask"] is not None:  # poutine.mask
+                m = torch.as_tensor(g["mask"], device=kl.device)
+                kl = torch.where(m.reshape(m.shape + (1,) * len(g["fn"].event_shape)), kl,
+                                 kl.new_zeros(()))
             n_batch = len(g["fn"].batch_shape)
             kl_bar = kl.mean(dim=tuple(range(n_batch)))  # (*event_shape): E over particles, batch
             count = math.prod(g["fn"].batch_shape) / K  # datapoints (x other plate elements)
             clamped = kl_bar.clamp_min(self.free_bits).sum()
             loss = loss + plate_scale(g) * _extra_scale(g) * count * clamped
+        for name, site in observed_sites(guide_trace):  # guide factors: part of log q
+            if not getattr(site["fn"], "has_rsample", False):
+                raise ValueError(f"guide site '{name}' is an observed / factor site without a "
+                                 "reparameterised log density (has_rsample=False); "
+                                 "FreeBits_ELBO uses pathwise gradients only")
+            lp = site_log_prob_per_datapoint(site, K, batch, nesting, strict_scale=False)
+            loss = loss + _data_scale(site) * _extra_scale(site) * lp.sum() / K
         return torch.as_tensor(loss)
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         """The free-bits loss (float, nats); no gradients."""
         with torch.no_grad():
             value = float(self.differentiable_loss(model, guide, *args, **kwargs))
-        if math.isnan(value):
-            warnings.warn("FreeBits_ELBO loss is NaN", RuntimeWarning)
-        return value
+        return warn_if_nan(value, "FreeBits_ELBO loss")
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """Back-propagate the free-bits loss into ``.grad``; return its value."""
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         if loss.requires_grad:
             loss.backward()
-        value = float(loss.detach())
-        if math.isnan(value):
-            warnings.warn("FreeBits_ELBO loss is NaN", RuntimeWarning)
-        return value
+        return warn_if_nan(float(loss.detach()), "FreeBits_ELBO loss")
+
+
+def _data_scale(site: dict) -> float:
+    """N / B of the site's ``"data"`` plate (1 outside it)."""
+    frame = data_plate_frame(site)
+    return 1.0 if frame is None else (frame.full_size or frame.size) / frame.size
 
 
 def _extra_scale(site: dict) -> float:

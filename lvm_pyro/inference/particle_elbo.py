@@ -11,22 +11,13 @@ from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO
 from pyro.poutine.trace_struct import Trace
 
-from ..sites import program_kwargs
-from .log_weights import guess_max_plate_nesting, is_auxiliary_site
+from .program import (ProgramInfo, auxiliary_sites, bind_program, discover, program_root,
+                      trace_guide_then_model)
 
 __all__ = ["ParticleELBO", "bind_program", "auxiliary_log_factor"]
 
-
-def bind_program(fn: Callable, rest: tuple, extra: dict) -> Callable:
-    """``fn`` as a program of the site convention ``f(x, *, num_data, idx)`` with extra
-    positional / keyword arguments bound."""
-    if not rest and not extra:
-        return fn
-
-    def bound(x, *, num_data=None, idx=None):
-        return fn(x, *rest, **extra, **program_kwargs(fn, num_data, idx))
-
-    return bound
+#: programs checked by one objective are remembered (by identity) up to this many pairs
+_MAX_CHECKED = 16
 
 
 def auxiliary_log_factor(traces: tuple[Trace, ...], num_particles: int,
@@ -35,28 +26,34 @@ def auxiliary_log_factor(traces: tuple[Trace, ...], num_particles: int,
     averaged over the ``num_particles`` particles: a scalar in ``like``'s dtype."""
     total = like.new_zeros(())
     for trace in traces:
-        for site in trace.nodes.values():
-            if site["type"] == "sample" and is_auxiliary_site(site):
-                lp = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
-                total = total + torch.as_tensor(scale_and_mask(lp, site["scale"], site["mask"])).sum()
+        for _, site in auxiliary_sites(trace):
+            lp = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+            total = total + torch.as_tensor(scale_and_mask(lp, site["scale"], site["mask"])).sum()
     return total / num_particles
 
 
 class ParticleELBO(ELBO):
-    """Base of objectives computed from one vectorised pass over K particles.
+    """Base of objectives computed from K particles (one vectorised pass, or K
+    unvectorised passes with ``vectorize_particles=False``).
+
+    The first call with a given (model, guide) pair runs them once, unvectorised, and
+    checks the site contract (:func:`lvm_pyro.inference.program.discover`); later calls
+    with the same pair do no checking (no per-step cost).
 
     Args:
         num_particles: K (an int >= ``min_particles``).
-        max_plate_nesting: batch dims of the programs; guessed on the first call when
+        max_plate_nesting: batch dims of the programs; found on the first call when
             ``None``.
         min_particles: the smallest K the objective is defined for.
+        vectorize_particles: ``False`` runs the K particles one after another (for
+            programs that do not broadcast over a leading particle dimension; slower).
 
     Raises:
         ValueError: K not an integer >= ``min_particles``; ``max_plate_nesting < 1``.
     """
 
     def __init__(self, num_particles: int, *, max_plate_nesting: Optional[int] = None,
-                 min_particles: int = 1, why: str = ""):
+                 min_particles: int = 1, why: str = "", vectorize_particles: bool = True):
         if isinstance(num_particles, bool) or int(num_particles) != num_particles \
                 or num_particles < min_particles:
             raise ValueError(f"{type(self).__name__} needs num_particles >= {min_particles} "
@@ -66,21 +63,28 @@ class ParticleELBO(ELBO):
         super().__init__(num_particles=int(num_particles),
                          max_plate_nesting=float("inf") if max_plate_nesting is None
                          else int(max_plate_nesting))
+        # ours, not Pyro's (whose base class would add the particle dim to the nesting)
+        self.vectorize_particles = bool(vectorize_particles)
+        self._checked: list[tuple[Callable, Callable]] = []
 
     def _get_trace(self, model, guide, args, kwargs):
-        """(model_trace, guide_trace) of one vectorised pass (Pyro's ``ELBO`` hook)."""
+        """(model_trace, guide_trace) of one pass (Pyro's ``ELBO`` hook)."""
         f = self.forward(model, guide, *args, **kwargs)
         return f.model_trace, f.guide_trace
 
     def forward(self, model: Callable, guide: Callable, *args, **kwargs):
         raise NotImplementedError
 
+    def _on_discover(self, info: ProgramInfo) -> None:
+        """Hook: called once per (model, guide) pair with what the checked run found."""
+
     def _prepare(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
         """Split the call's arguments: returns ``(x, num_data, idx, model, guide, nesting)``
-        with extra arguments bound into the programs and the plate nesting known.
+        with extra arguments bound into the programs and the plate nesting known; the
+        first call with a pair checks the contract.
 
         Raises:
-            ValueError: no positional argument (x) was given.
+            ValueError: no positional argument (x) was given, or a contract violation.
         """
         if not args:
             raise ValueError(f"{type(self).__name__} needs the observations as the first "
@@ -88,7 +92,25 @@ class ParticleELBO(ELBO):
         x, rest = args[0], tuple(args[1:])
         extra = dict(kwargs)
         num_data, idx = extra.pop("num_data", None), extra.pop("idx", None)
-        model, guide = bind_program(model, rest, extra), bind_program(guide, rest, extra)
-        if self.max_plate_nesting == float("inf"):
-            self.max_plate_nesting = guess_max_plate_nesting(model, guide, x, num_data, idx)
-        return x, num_data, idx, model, guide, int(self.max_plate_nesting)
+        key = (program_root(model), program_root(guide))
+        seen = any(m is key[0] and g is key[1] for m, g in self._checked)
+        model_b, guide_b = bind_program(model, rest, extra), bind_program(guide, rest, extra)
+        if not seen or self.max_plate_nesting == float("inf"):
+            info = discover(model_b, guide_b, x, num_data=num_data, idx=idx)
+            if self.max_plate_nesting == float("inf"):
+                self.max_plate_nesting = info.max_plate_nesting
+            self._on_discover(info)
+            self._checked = (self._checked + [key])[-_MAX_CHECKED:]
+        return x, num_data, idx, model_b, guide_b, int(self.max_plate_nesting)
+
+    def _passes(self, model: Callable, guide: Callable, x: torch.Tensor, num_data, idx,
+                nesting: int) -> list[tuple[Trace, Trace, int]]:
+        """``[(model_trace, guide_trace, k)]``: one vectorised pass with k = K, or K
+        unvectorised passes with k = 1 (``vectorize_particles=False``)."""
+        K = self.num_particles
+        if self.vectorize_particles:
+            mt, gt = trace_guide_then_model(model, guide, x, num_data=num_data, idx=idx,
+                                            num_particles=K, max_plate_nesting=nesting)
+            return [(mt, gt, K)]
+        return [(*trace_guide_then_model(model, guide, x, num_data=num_data, idx=idx), 1)
+                for _ in range(K)]

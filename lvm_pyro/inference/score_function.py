@@ -53,7 +53,8 @@ from pyro.poutine.subsample_messenger import _Subsample
 from torch import nn
 
 from ..nn import MLP
-from ..sites import DATA_PLATE, program_kwargs
+from ..sites import DATA_PLATE
+from .program import program_kwargs
 
 __all__ = ["ScoreFunctionDistribution", "ScoreFunctionMessenger", "ScoreFunctionGuide",
            "MLPBaseline", "score_function"]

@@ -29,17 +29,15 @@ The value reported by :meth:`VIMCO.loss` is always the negative bound
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Callable, NamedTuple, Optional
 
 import torch
 from pyro.poutine.trace_struct import Trace
-from pyro.poutine.util import site_is_subsample
 
 from .evaluation import logmeanexp
+from .log_weights import site_log_prob_per_datapoint, weights_from_traces
 from .particle_elbo import ParticleELBO, auxiliary_log_factor
-from .log_weights import (is_auxiliary_site, run_vectorized,
-                          site_log_prob_per_datapoint, weights_from_traces)
+from .program import warn_if_nan, weighted_sites
 
 __all__ = ["VIMCO", "VIMCOForward", "leave_one_out_baselines", "vimco_surrogate"]
 
@@ -124,7 +122,9 @@ class VIMCO(ParticleELBO):
 
     Args:
         num_particles: K >= 2 (the baselines leave one particle out).
-        max_plate_nesting: plate dims the programs use; guessed once when ``None``.
+        max_plate_nesting: plate dims the programs use; found once when ``None``.
+        vectorize_particles: ``False`` runs the K particles one at a time (for programs
+            that do not broadcast over a leading particle dimension; slower).
 
     Raises:
         ValueError: at construction, K < 2; on a call, the engine's errors (a latent
@@ -132,29 +132,40 @@ class VIMCO(ParticleELBO):
             beta, a model latent the guide lacks).
     """
 
-    def __init__(self, num_particles: int = 2, *, max_plate_nesting: Optional[int] = None):
+    def __init__(self, num_particles: int = 2, *, max_plate_nesting: Optional[int] = None,
+                 vectorize_particles: bool = True):
         super().__init__(num_particles, max_plate_nesting=max_plate_nesting, min_particles=2,
-                         why=" for its leave-one-out baselines")
+                         why=" for its leave-one-out baselines",
+                         vectorize_particles=vectorize_particles)
 
     def __repr__(self) -> str:
         return f"VIMCO(num_particles={self.num_particles})"
 
     def forward(self, model: Callable, guide: Callable, *args, **kwargs) -> VIMCOForward:
-        """One vectorised pass of guide and model over K particles: see
-        :class:`VIMCOForward`. ``args[0]`` is x (batch, ...)."""
+        """Guide and model over K particles (one vectorised pass, or K passes with
+        ``vectorize_particles=False``): see :class:`VIMCOForward`. ``args[0]`` is x
+        (batch, ...)."""
         x, num_data, idx, model, guide, nesting = self._prepare(model, guide, args, kwargs)
-        K, batch = self.num_particles, x.shape[0]
-        model_trace, guide_trace = run_vectorized(model, guide, x, K, nesting, num_data, idx)
-        lw = weights_from_traces(model_trace, guide_trace, batch, K, nesting)
-        log_q_score = None
-        for name, site in guide_trace.nodes.items():
-            if (site["type"] != "sample" or site["is_observed"] or is_auxiliary_site(site)
-                    or site_is_subsample(site) or getattr(site["fn"], "has_rsample", False)):
-                continue
-            lq = site_log_prob_per_datapoint(site, K, batch, nesting)  # (K, batch)
-            log_q_score = lq if log_q_score is None else log_q_score + lq
-        aux = auxiliary_log_factor((model_trace, guide_trace), K, lw.log_w)
-        return VIMCOForward(lw.log_w, log_q_score, aux, lw.data_scale, model_trace, guide_trace)
+        batch = x.shape[0]
+        parts = []
+        for model_trace, guide_trace, K in self._passes(model, guide, x, num_data, idx, nesting):
+            lw = weights_from_traces(model_trace, guide_trace, batch, K, nesting)
+            log_q_score = None
+            for _, site in weighted_sites(guide_trace):  # latents, guide factors
+                if getattr(site["fn"], "has_rsample", False):
+                    continue
+                lq = site_log_prob_per_datapoint(site, K, batch, nesting)  # (K, batch)
+                log_q_score = lq if log_q_score is None else log_q_score + lq
+            aux = auxiliary_log_factor((model_trace, guide_trace), K, lw.log_w)
+            parts.append(VIMCOForward(lw.log_w, log_q_score, aux, lw.data_scale,
+                                      model_trace, guide_trace))
+        first = parts[0]
+        if len(parts) == 1:
+            return first
+        score = None if first.log_q_score is None else torch.cat([p.log_q_score for p in parts])
+        return VIMCOForward(torch.cat([p.log_w for p in parts]), score,
+                            sum(p.auxiliary for p in parts) / len(parts), first.data_scale,
+                            first.model_trace, first.guide_trace)
 
     @staticmethod
     def bound(log_w: torch.Tensor) -> torch.Tensor:
@@ -171,9 +182,7 @@ class VIMCO(ParticleELBO):
     def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
         """-(N / B) sum_i L-hat(x_i), float, nats (no gradients)."""
         loss = -float(self._elbo(self.forward(model, guide, *args, **kwargs)))
-        if math.isnan(loss):
-            warnings.warn("VIMCO loss is NaN", RuntimeWarning)
-        return loss
+        return warn_if_nan(loss, "VIMCO loss")
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs) -> torch.Tensor:
         """Scalar tensor: value = :meth:`loss`, gradient = the VIMCO estimate of
@@ -187,7 +196,4 @@ class VIMCO(ParticleELBO):
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         if loss.requires_grad:
             loss.backward()
-        value = float(loss.detach())
-        if math.isnan(value):
-            warnings.warn("VIMCO loss is NaN", RuntimeWarning)
-        return value
+        return warn_if_nan(float(loss.detach()), "VIMCO loss")

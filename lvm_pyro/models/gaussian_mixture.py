@@ -10,6 +10,7 @@ sums the enumerated site out, so with an empty guide its loss is -sum_i log p(x_
 
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 import pyro
@@ -23,6 +24,9 @@ from ..sites import LATENT, OBS, data_plate
 __all__ = ["GaussianMixtureModel", "COVARIANCE_TYPES"]
 
 COVARIANCE_TYPES = ("full", "diag")
+
+#: live instances, to tell when two of them would share param-store names
+_LIVE: "weakref.WeakSet[GaussianMixtureModel]" = weakref.WeakSet()
 
 
 class GaussianMixtureModel(PyroModule):
@@ -47,13 +51,17 @@ class GaussianMixtureModel(PyroModule):
         init_scale: initial standard deviation of every component (> 0).
         init_weights: (K,) initial weights (positive; normalised); default uniform.
         seed: seed of the default ``init_locs``.
-        name: prefix of the parameter names in Pyro's param store.
+        name: prefix of the parameter names in Pyro's param store; two live instances
+            with the same name would share the store's entries (the second silently
+            using the first one's parameters), so running the second one raises.
 
     ``forward(x, *, num_data=None, idx=None)``: x (batch, D) float.
 
     Raises:
         ValueError: bad sizes, an unknown covariance type, non-positive scale / weights,
-            or x of the wrong shape.
+            x of the wrong shape or of another floating dtype than the parameters (float64
+            data needs float64 ``init_locs``, as :meth:`init_from_data` gives), or a
+            param-store name already held by another live instance.
     """
 
     def __init__(self, num_components: int, dim: int, covariance: str = "full", *,
@@ -72,7 +80,9 @@ class GaussianMixtureModel(PyroModule):
         if init_locs is None:
             gen = torch.Generator().manual_seed(int(seed))
             init_locs = torch.randn(num_components, dim, generator=gen)
-        init_locs = torch.as_tensor(init_locs, dtype=torch.get_default_dtype())
+        init_locs = torch.as_tensor(init_locs)
+        if not torch.is_floating_point(init_locs):
+            init_locs = init_locs.to(torch.get_default_dtype())
         if init_locs.shape != (num_components, dim):
             raise ValueError(f"init_locs must have shape ({num_components}, {dim}), "
                              f"got {tuple(init_locs.shape)}")
@@ -90,6 +100,23 @@ class GaussianMixtureModel(PyroModule):
         else:
             self.scale = PyroParam(torch.full((num_components, dim), float(init_scale),
                                               dtype=init_locs.dtype), constraints.positive)
+        _LIVE.add(self)
+
+    def _check_param_store(self) -> None:
+        """Raise when another live instance holds this one's param-store names."""
+        store = pyro.get_param_store()
+        for name in self._pyro_params:
+            full = f"{self._pyro_name}.{name}" if self._pyro_name else name
+            held = store._params.get(full)
+            if held is None:
+                continue
+            for other in list(_LIVE):
+                if other is not self and other._parameters.get(f"{name}_unconstrained") is held:
+                    raise ValueError(
+                        f"another GaussianMixtureModel holds the Pyro parameter {full!r}: this "
+                        "one would silently use its parameters; give each instance its own "
+                        "name (GaussianMixtureModel(..., name='gmm2')) or call "
+                        "pyro.clear_param_store() before using this one")
 
     @classmethod
     def init_from_data(cls, x: torch.Tensor, num_components: int, covariance: str = "full",
@@ -145,10 +172,17 @@ class GaussianMixtureModel(PyroModule):
                              f"got {tuple(x.shape)}")
         if not torch.is_floating_point(x):
             raise ValueError(f"x must be floating point, got {x.dtype}; convert with x.float()")
+        dtype = self._parameters["locs_unconstrained"].dtype
+        if x.dtype != dtype:
+            raise ValueError(f"x is {x.dtype} but the model's parameters are {dtype}; convert "
+                             f"x (x.to({dtype})) or build the model in {x.dtype} "
+                             "(GaussianMixtureModel.init_from_data(x, ...) or init_locs of that "
+                             "dtype)")
 
     def forward(self, x: torch.Tensor, *, num_data: Optional[int] = None,
                 idx: Optional[torch.Tensor] = None) -> None:
         self._check(x)
+        self._check_param_store()
         weights, locs, tril = self.weights, self.locs, self._scale_tril()
         with data_plate(x, num_data, idx):
             z = pyro.sample(LATENT, dist.Categorical(probs=weights),
@@ -165,12 +199,12 @@ class GaussianMixtureModel(PyroModule):
             (batch,) nats, in the parameters' dtype.
         """
         self._check(x)
-        return self.mixture().log_prob(x.to(self.locs.dtype))
+        return self.mixture().log_prob(x)
 
     def posterior(self, x: torch.Tensor) -> torch.Tensor:
         """Exact responsibilities p(z = k | x_i): (batch, D) -> (batch, K), rows sum to 1."""
         self._check(x)
-        lp = self.components().log_prob(x.to(self.locs.dtype).unsqueeze(-2))  # (batch, K)
+        lp = self.components().log_prob(x.unsqueeze(-2))  # (batch, K)
         return torch.softmax(lp + self.weights.log(), dim=-1)
 
     @torch.no_grad()

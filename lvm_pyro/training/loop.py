@@ -28,7 +28,8 @@ import torch
 from pyro.infer import ELBO
 
 from ..data.binarize import Binarizer
-from ..sites import program_kwargs
+from ..inference.program import (accepted_keywords, adapt_program, check_dtypes,
+                                 check_param_ownership)
 from .checkpoint import (BASELINE_AVG_PREFIX, CheckpointError, get_rng_state, load_checkpoint,
                          restore_params, save_checkpoint, set_rng_state)
 from .progress import EpochProgress
@@ -68,17 +69,6 @@ def loss_rose(before: Sequence[float], after: Sequence[float], tolerance: float)
     b, var_b = centre_and_var(before)
     a, var_a = centre_and_var(after)
     return a - b > max(tolerance * abs(b), 3.0 * math.sqrt(var_b + var_a))
-
-
-def adapt_program(fn: Callable) -> Callable:
-    """Wrap a model / guide so that it can be called as ``fn(x, num_data=..., idx=...)``
-    even when it takes only ``x`` (the keywords it does not declare are dropped)."""
-
-    def adapted(x, num_data=None, idx=None):
-        return fn(x, **program_kwargs(fn, num_data, idx))
-
-    adapted.__wrapped__ = fn  # type: ignore[attr-defined]
-    return adapted
 
 
 @dataclass
@@ -193,8 +183,8 @@ class Trainer:
         self._store_size = 0
         # Loss reported per datapoint: the ELBO estimate is scaled to N when the programs
         # take num_data, else it is the minibatch sum.
-        self._scaled = ("num_data" in program_kwargs(model, 1) and
-                        "num_data" in program_kwargs(guide, 1))
+        self._scaled = ("num_data" in accepted_keywords(model) and
+                        "num_data" in accepted_keywords(guide))
 
     # -- parameters ------------------------------------------------------------------
     def _discover(self, x: torch.Tensor) -> None:
@@ -211,8 +201,12 @@ class Trainer:
         try:
             xb = self.transform(x[:b])
             with torch.no_grad(), poutine.block(), pyro.validation_enabled(True):
-                self.elbo.loss(self._model, self._guide, xb, num_data=n,
-                               idx=torch.arange(b, device=x.device))
+                try:
+                    self.elbo.loss(self._model, self._guide, xb, num_data=n,
+                                   idx=torch.arange(b, device=x.device))
+                except (RuntimeError, TypeError) as err:  # a dtype mismatch gets its fix named
+                    check_dtypes(self.model, self.guide, xb, err)
+                    raise
         finally:
             set_rng_state(rng)
             if transform_state is not None:
@@ -221,6 +215,7 @@ class Trainer:
                 self.elbo.load_state_dict(elbo_state)
             for k, v in averages.items():  # Pyro writes these moving averages even under no_grad
                 ps[k] = v
+        check_param_ownership(self.modules)
         self._sync_optimizer()
 
     def _sync_optimizer(self) -> None:

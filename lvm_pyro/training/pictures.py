@@ -10,7 +10,8 @@ import pyro.poutine as poutine
 import torch
 from torchvision.utils import save_image
 
-from ..sites import OBS, program_kwargs
+from ..inference.program import trace_guide_then_model, trace_program
+from ..sites import OBS
 
 __all__ = ["save_grid", "reconstruct", "prior_samples", "save_reconstructions", "save_loss_curve"]
 
@@ -32,9 +33,7 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, min_size: i
 def reconstruct(model: Callable, guide: Callable, x: torch.Tensor) -> torch.Tensor:
     """Mean of p(x | z) at z ~ q(z | x), for any model / guide with an ``"x"`` site whose
     distribution has a ``mean``: (batch, ...) -> (batch, ...)."""
-    with poutine.block():
-        gt = poutine.trace(guide).get_trace(x, **program_kwargs(guide))
-        mt = poutine.trace(poutine.replay(model, trace=gt)).get_trace(x, **program_kwargs(model))
+    mt, _ = trace_guide_then_model(model, guide, x, block=True)
     return mt.nodes[OBS]["fn"].mean.reshape(x.shape)
 
 
@@ -42,8 +41,7 @@ def reconstruct(model: Callable, guide: Callable, x: torch.Tensor) -> torch.Tens
 def prior_samples(model: Callable, x_like: torch.Tensor) -> torch.Tensor:
     """Mean of p(x | z) at z ~ p(z), one per row of ``x_like`` (a batch of valid data used
     only for its shape; the observation is uncondition-ed)."""
-    with poutine.block():
-        mt = poutine.trace(poutine.uncondition(model)).get_trace(x_like, **program_kwargs(model))
+    mt = trace_program(poutine.uncondition(model), x_like, keywords_of=model)
     return mt.nodes[OBS]["fn"].mean.reshape(x_like.shape)
 
 

@@ -36,7 +36,8 @@ from ..guides.empty import EmptyGuide
 from ..inference import log_weights
 from ..inference.evaluation import nll_report
 from ..models.pixelcnn_prior import CodesPrior, GatedPixelCNNPrior
-from ..sites import CODES, OBS, program_kwargs
+from ..inference.program import trace_guide_then_model, trace_program
+from ..sites import CODES, OBS
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import PriorConfig
 from .loop import Trainer
@@ -66,8 +67,7 @@ def encode_codes(guide: Callable, x: torch.Tensor, batch_size: int = 500) -> tor
     out = []
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size]
-        with poutine.block():
-            tr = poutine.trace(guide).get_trace(xb, **program_kwargs(guide))
+        tr = trace_program(guide, xb)
         if CODES not in tr.nodes:
             raise ValueError(f"the guide has no {CODES!r} site; fit-prior needs a VQ-VAE run "
                              "(lvm-pyro fit --model vqvae)")
@@ -94,8 +94,7 @@ def decode_codes(model: Callable, codes: torch.Tensor, x_like: torch.Tensor) -> 
     ``"codes"`` site conditioned on ``codes`` (N, H, W); ``x_like`` (N, ...) is valid data
     used only for its shape. Returns (N, ...) float."""
     prog = poutine.condition(poutine.uncondition(model), data={CODES: codes})
-    with poutine.block():
-        tr = poutine.trace(prog).get_trace(x_like, **program_kwargs(model))
+    tr = trace_program(prog, x_like, keywords_of=model)
     return tr.nodes[OBS]["fn"].mean.reshape(x_like.shape)
 
 
@@ -128,9 +127,8 @@ def load_prior(run_dir: str | Path, device: str = "cpu") -> GatedPixelCNNPrior:
 
 def _num_codes(model: Callable, guide: Callable, x: torch.Tensor) -> int:
     """K, read off the support of the model's ``"codes"`` site."""
-    with torch.no_grad(), poutine.block():
-        gt = poutine.trace(guide).get_trace(x, **program_kwargs(guide))
-        mt = poutine.trace(poutine.replay(model, trace=gt)).get_trace(x, **program_kwargs(model))
+    with torch.no_grad():
+        mt, _ = trace_guide_then_model(model, guide, x, block=True)
     if CODES not in mt.nodes:
         raise ValueError(f"the model has no {CODES!r} site; fit-prior needs a VQ-VAE run")
     c = mt.nodes[CODES]["fn"].support

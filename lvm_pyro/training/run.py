@@ -21,10 +21,11 @@ from ..data import Binarizer, binarize_test, dequantize_test, load_dataset
 from ..data.datasets import DATASET_LEVELS
 from ..inference import elbo_per_datapoint, log_marginal_likelihood
 from ..inference.evaluation import BitsPerDimOffset, bits_per_dim_offset, nll_report
+from ..inference.program import trace_guide_then_model
 from .builders import as_run_config, build_callbacks, build_metrics, build_model, build_objective
 from .checkpoint import CheckpointError, load_checkpoint, restore_params
 from .config import ConfigError, RunConfig
-from .loop import Trainer, adapt_program
+from .loop import Trainer
 from .pictures import prior_samples, save_grid, save_loss_curve, save_reconstructions
 from .progress import progress_iter
 from .rundir import (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, prepare_run_dir, read_json,
@@ -241,8 +242,7 @@ def load_run(run_dir: str | Path, device: Optional[str] = None,
             m.to(config["device"])
             modules[k] = m
     with torch.no_grad(), poutine.block():  # create every parameter with its constraint
-        gt = poutine.trace(adapt_program(guide)).get_trace(x)
-        poutine.replay(adapt_program(model), trace=gt)(x)
+        trace_guide_then_model(model, guide, x)
     restore_params(payload, modules)
     return Run(model, guide, config, run_dir)
 

@@ -79,15 +79,12 @@ def resolve_latent(guide, x, latent: Optional[str] = None) -> str:
         ValueError: the guide has no site ``latent`` (the message lists its latent
             sites), or no default can be chosen.
     """
-    import pyro.poutine as poutine
-    from pyro.poutine.util import site_is_subsample
+    from ..inference.program import latent_sites, trace_program
+    from ..sites import CODES, LATENT
 
-    from ..sites import CODES, LATENT, program_kwargs
-
-    with torch.no_grad(), poutine.block():
-        tr = poutine.trace(guide).get_trace(x, **program_kwargs(guide))
-    sites = [n for n, s in tr.nodes.items() if s["type"] == "sample" and not s["is_observed"]
-             and not site_is_subsample(s)]
+    with torch.no_grad():
+        tr = trace_program(guide, x)
+    sites = [n for n, _ in latent_sites(tr)]
     if latent is not None:
         if latent not in sites:
             raise ValueError(f"the guide has no latent site {latent!r}; its latent sites: {sites}")

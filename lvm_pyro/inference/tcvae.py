@@ -47,7 +47,8 @@ import torch
 from pyro.poutine.trace_struct import Trace
 
 from ..sites import LATENT
-from .log_weights import _sample_sites, run_vectorized, site_log_prob_per_datapoint, weights_from_traces
+from .log_weights import run_vectorized, site_log_prob_per_datapoint, weights_from_traces
+from .program import latent_sites
 from .particle_elbo import ParticleELBO, auxiliary_log_factor
 
 __all__ = ["TCVAE_ELBO", "TCVAEForward", "TC_ESTIMATORS", "log_importance_weight_matrix"]
@@ -210,7 +211,7 @@ class TCVAE_ELBO(ParticleELBO):
         model_trace, guide_trace = run_vectorized(model, guide, x, K, nesting, num_data, idx)
         lw = weights_from_traces(model_trace, guide_trace, B, K, nesting)
         name = self.latent
-        for site_name, site in _sample_sites(guide_trace):
+        for site_name, site in latent_sites(guide_trace):
             if not site["is_observed"] and not getattr(site["fn"], "has_rsample", False):
                 raise ValueError(f"guide site '{site_name}' ({type(site['fn']).__name__}) is not "
                                  "reparameterisable; TCVAE_ELBO uses pathwise gradients")

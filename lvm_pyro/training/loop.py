@@ -378,12 +378,15 @@ class Trainer:
         return self.history
 
     def prepare_data(self, x: torch.Tensor) -> torch.Tensor:
-        """Check the training data and give floating-point data the modules' dtype.
+        """Check the training data: a non-empty tensor.
 
-        Floating-point data of another precision than the modules' parameters (e.g.
-        float64 pixels for float32 networks) is converted to the parameters' dtype.
-        Integer data pass unchanged (code grids for a prior over VQ codes, counts); the
-        binarising / dequantising transforms refuse them with a clear error.
+        The data's dtype is never changed: floating-point data of another precision than
+        the modules' parameters (float64 pixels for float32 networks) is refused by the
+        first (discovery) pass with one line naming the fix (``x.to(torch.float32)`` or
+        ``model.double()``), so that float64 data give float64 results or a clear error,
+        never a silent cast. Integer data pass unchanged (code grids for a prior over VQ
+        codes, counts); the binarising / dequantising transforms refuse them with a clear
+        error.
 
         Args:
             x: (N, ...) tensor, N >= 1.
@@ -396,17 +399,7 @@ class Trainer:
         if x.dim() == 0 or x.shape[0] == 0:
             raise ValueError(f"training data is empty (shape {tuple(x.shape)}); pass at least one "
                              "datapoint along the first dimension")
-        dtype = self._module_dtype()
-        if dtype is not None and torch.is_floating_point(x) and x.dtype != dtype:
-            x = x.to(dtype)
         return x
-
-    def _module_dtype(self) -> Optional[torch.dtype]:
-        for m in self.modules.values():
-            for t in list(m.parameters()) + list(m.buffers()):
-                if torch.is_floating_point(t):
-                    return t.dtype
-        return None
 
     def _warn_if_rising(self, losses: list[float], weights: list) -> None:
         """Warn when the loss rose through this epoch or from the previous one, with the

@@ -326,3 +326,19 @@ def _diag_guide(x, num_data=None, idx=None):
     loc = pyro.param("g_loc", torch.zeros(2))
     with data_plate(x, num_data, idx):
         pyro.sample("z", dist.Normal(loc + 0.5 * x, 1.0).to_event(1))
+
+
+def test_latent_parents_are_found_without_provenance_tracking(monkeypatch):
+    """A guide that Pyro's provenance tracking cannot run still has its parents named
+    (each earlier latent redrawn, the latent's density compared)."""
+    import pyro.infer.inspect as inspect_module
+
+    from lvm_pyro.inference.program import guide_parents
+
+    def broken(*args, **kwargs):
+        raise NotImplementedError("no provenance for this op")
+
+    monkeypatch.setattr(inspect_module, "get_dependencies", broken)
+    x = torch.randn(6, 2)
+    assert guide_parents(_hier_guide, x, "z2") == ["z1"]
+    assert guide_parents(_hier_guide, x, "z1") == []

@@ -636,20 +636,42 @@ def check_not_point_mass(model_trace: Trace, guide_trace: Trace, what: str) -> N
 def guide_parents(guide: Callable, x: torch.Tensor, latent: str, *,
                   num_data: Optional[int] = None, idx: Optional[torch.Tensor] = None) -> list[str]:
     """The guide's latent sites on which the distribution of ``latent`` depends (found by
-    Pyro's provenance tracking, ``pyro.infer.inspect.get_dependencies``); ``[]`` for a root
-    latent q(z | x)."""
+    Pyro's provenance tracking, ``pyro.infer.inspect.get_dependencies``; for a guide that
+    provenance tracking cannot run, by re-running the guide with each earlier latent
+    redrawn and comparing ``latent``'s log density at its value); ``[]`` for a root
+    latent q(z | x). Global random state is restored."""
     from pyro.infer.inspect import get_dependencies  # noqa: PLC0415
 
+    kwargs = {k: v for k, v in (("num_data", num_data), ("idx", idx)) if v is not None}
     rng = get_rng_state()
     try:
         with torch.no_grad(), poutine.block():
-            deps = get_dependencies(adapt_program(guide), (x,),
-                                    {k: v for k, v in (("num_data", num_data), ("idx", idx))
-                                     if v is not None})
+            try:
+                deps = get_dependencies(adapt_program(guide), (x,), kwargs)
+                parents = deps["prior_dependencies"].get(latent, {})
+                return [p for p in parents if p != latent]
+            except Exception:  # noqa: BLE001 - provenance tracking failed: perturb instead
+                return _parents_by_perturbation(guide, x, latent, num_data, idx)
     finally:
         set_rng_state(rng)
-    parents = deps["prior_dependencies"].get(latent, {})
-    return [p for p in parents if p != latent]
+
+
+def _parents_by_perturbation(guide, x, latent, num_data, idx) -> list[str]:
+    trace = trace_program(guide, x, num_data=num_data, idx=idx)
+    if latent not in trace.nodes:
+        return []
+    site = trace.nodes[latent]
+    base = site["fn"].log_prob(site["value"])
+    parents = []
+    for name, other in latent_sites(trace):
+        if name == latent:
+            break
+        redrawn = other["fn"].sample()
+        prog = poutine.condition(guide, data={name: redrawn, latent: site["value"]})
+        again = trace_program(prog, x, num_data=num_data, idx=idx, keywords_of=guide)
+        if not torch.allclose(again.nodes[latent]["fn"].log_prob(site["value"]), base):
+            parents.append(name)
+    return parents
 
 
 def warn_if_nan(value: float, what: str) -> float:

@@ -23,6 +23,7 @@ user's program through this module (``shared/docs/DESIGN.md``, "Site conventions
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import warnings
@@ -288,10 +289,14 @@ def trace_guide_then_model(model: Callable, guide: Callable, x: torch.Tensor, *,
     if max_plate_nesting is None:
         raise ValueError("max_plate_nesting is needed to place the particle plate")
     try:
-        with pyro.plate(PARTICLE_PLATE, num_particles, dim=-(max_plate_nesting + 1)):
-            guide_trace = trace_program(guide, x, num_data=num_data, idx=idx, block=block)
+        with contextlib.ExitStack() as stack:
+            if block:  # outside the particle plate, which the programs must see
+                stack.enter_context(poutine.block())
+            stack.enter_context(pyro.plate(PARTICLE_PLATE, num_particles,
+                                           dim=-(max_plate_nesting + 1)))
+            guide_trace = trace_program(guide, x, num_data=num_data, idx=idx, block=False)
             model_trace = trace_program(model, x, num_data=num_data, idx=idx,
-                                        replay=guide_trace, block=block)
+                                        replay=guide_trace, block=False)
     except ProgramContractError:
         raise
     except (RuntimeError, ValueError, IndexError, TypeError) as err:

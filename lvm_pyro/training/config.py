@@ -545,9 +545,20 @@ class TrainConfig:
                                          "otherwise)")
     seed: int = option(0, "seed of parameters, shuffling and binarisation")
     device: str = option("cpu", "torch device: cpu or cuda")
+    aggressive_encoder: bool = option(False, "aggressive inference-network training (He et "
+                                             "al. 2019): encoder-only steps until the loss "
+                                             "stops improving, then one decoder step, until "
+                                             "I_q(x; z) on held-out points stops rising")
+    aggressive_max_inner_steps: int = option(100, "cap on the encoder-only steps per training "
+                                                  "step of aggressive training")
+    aggressive_heldout: int = option(500, "held-out points (the first test points) for the "
+                                          "I_q(x; z) rule of aggressive training")
 
     def __post_init__(self) -> None:
         _integer(self, "batch_size", 1)
+        _choice(self, "aggressive_encoder", (True, False))
+        _integer(self, "aggressive_max_inner_steps", 1)
+        _integer(self, "aggressive_heldout", 2)
         _positive(self, "lr")
         _integer(self, "epochs", 0, allow_none=True)
         _integer(self, "seed", 0)

@@ -191,7 +191,14 @@ def train_run(config: RunConfig | Mapping, out: str | Path, *, resume: bool = Fa
         guide.to(device)
     levels = DATASET_LEVELS[config.data.data]
     seed = config.train.seed
-    trainer = Trainer(model, guide, elbo, lr=config.train.lr,
+    aggressive = None
+    if config.train.aggressive_encoder:
+        from .aggressive import AggressiveEncoder
+
+        heldout = prepare_data(config, "test", device)[:config.train.aggressive_heldout]
+        aggressive = AggressiveEncoder(heldout,
+                                       max_inner_steps=config.train.aggressive_max_inner_steps)
+    trainer = Trainer(model, guide, elbo, lr=config.train.lr, aggressive=aggressive,
                       batch_size=config.train.batch_size, seed=seed,
                       binarization=Binarizer(config.data.binarization, seed + 1, levels),
                       checkpoint_path=out / CHECKPOINT_FILE,

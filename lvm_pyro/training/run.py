@@ -312,13 +312,16 @@ def evaluate_run(run_dir: str | Path, *, num_samples: int = 1000, num_test: Opti
     return metrics
 
 
+def _base(fn):
+    """A site's distribution without its ``to_event`` wrappers."""
+    while isinstance(fn, torch.distributions.Independent):
+        fn = fn.base_dist
+    return fn
+
+
 def _gaussian(fn) -> bool:
     """Whether a site's distribution is a (possibly ``to_event``) Normal."""
-    import torch.distributions as tdist
-
-    while isinstance(fn, tdist.Independent):
-        fn = fn.base_dist
-    return isinstance(fn, tdist.Normal)
+    return isinstance(_base(fn), torch.distributions.Normal)
 
 
 @torch.no_grad()
@@ -351,8 +354,8 @@ def latent_metrics(model, guide, x: torch.Tensor, *, latent: str = "z",
                                                f"{latent!r}"}
     if not (_gaussian(guide_site["fn"]) and _gaussian(model_site["fn"])):
         return {**none, "latent_metrics_note": (
-            f"skipped: q({latent} | x) is {type(guide_site['fn']).__name__} and p({latent}) is "
-            f"{type(model_site['fn']).__name__}; test_kl and active_units are reported for "
+            f"skipped: q({latent} | x) is {type(_base(guide_site['fn'])).__name__} and "
+            f"p({latent}) is {type(_base(model_site['fn'])).__name__}; test_kl and active_units are reported for "
             "Gaussian latents only")}
     kl = torch.cat([average_kl(model, guide, x[s:s + batch_size], latent=latent)
                     for s in range(0, len(x), batch_size)]).double()  # (N,)

@@ -12,10 +12,10 @@ from .run import Run, evaluate_run, load_run, sample_run, train_run
 from .rundir import RunExistsError, RunFileError
 
 __all__ = [
-    "AggressiveEncoder", "FlowConfig", "PixelVAEConfig", "TCVAEConfig",
-    "CheckpointError", "ConfigError", "DataConfig", "DiagnoseConfig", "DivergenceWarning",
-    "EpochMetrics", "IWAEConfig", "MeanFieldConfig", "PriorConfig", "Run", "RunConfig",
-    "RunExistsError", "RunFileError", "SBNConfig", "TraceConfig", "TraceGraphConfig",
-    "TrainConfig", "Trainer", "VAEConfig", "VIMCOConfig", "VQVAEConfig", "adapt_program",
-    "evaluate_run", "load_checkpoint", "load_run", "sample_run", "save_checkpoint", "train_run",
+    "AggressiveEncoder", "CheckpointError", "ConfigError", "DataConfig", "DiagnoseConfig",
+    "DivergenceWarning", "EpochMetrics", "FlowConfig", "IWAEConfig", "MeanFieldConfig",
+    "PixelVAEConfig", "PriorConfig", "Run", "RunConfig", "RunExistsError", "RunFileError",
+    "SBNConfig", "TCVAEConfig", "TraceConfig", "TraceGraphConfig", "TrainConfig", "Trainer",
+    "VAEConfig", "VIMCOConfig", "VQVAEConfig", "adapt_program", "evaluate_run",
+    "load_checkpoint", "load_run", "sample_run", "save_checkpoint", "train_run",
 ]

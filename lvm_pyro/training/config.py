@@ -305,8 +305,8 @@ class PixelVAEConfig(ModelConfig):
     name: ClassVar[str] = "pixelvae"
     z_dim: Optional[int] = option(None, "latent size (default: DATA_DEFAULTS, 10 on digits, "
                                         "50 otherwise)")
-    hidden_dim: int = option(200, "width of each hidden layer")
-    num_hidden: int = option(2, "hidden layers of encoder and decoder")
+    hidden_dim: int = option(200, "width of each hidden layer of the MLP encoder")
+    num_hidden: int = option(2, "hidden layers of the MLP encoder")
     decoder_layers: int = option(5, "gated PixelCNN layers of the decoder (1-2 with a small "
                                     "kernel: the VLAE local decoder)")
     decoder_kernel: int = option(3, "odd kernel size (>= 3) of the decoder's gated layers")

@@ -2,8 +2,8 @@
 disentanglement``.
 
 One module per command (:mod:`.fit`, :mod:`.evaluate`, :mod:`.sample`, :mod:`.fit_prior`,
-:mod:`.diagnose`, :mod:`.disentanglement`), each with ``add_arguments(parser)`` and ``run(args) -> int``. The
-flags that describe a run are generated from the typed configurations of
+:mod:`.diagnose`, :mod:`.disentanglement`), each with ``add_arguments(parser)`` and
+``run(args) -> int``. The flags that describe a run are generated from the typed configurations of
 :mod:`lvm_pyro.training.config`; library errors are worded in the library's terms and
 mapped to flags here (:func:`error_line`). ``python -m lvm_pyro.cli`` runs :func:`main`.
 """

@@ -37,9 +37,9 @@ def _picture(fn) -> torch.Tensor:
         return fn.mean
     except NotImplementedError:
         if isinstance(fn, torch.distributions.TransformedDistribution):
-            transforms = fn.transforms
-            if (len(transforms) == 1 and isinstance(transforms[0], torch.distributions.AffineTransform)
-                    and float(torch.as_tensor(transforms[0].loc).abs().max()) == 0.0):
+            ts = fn.transforms
+            if (len(ts) == 1 and isinstance(ts[0], torch.distributions.AffineTransform)
+                    and float(torch.as_tensor(ts[0].loc).abs().max()) == 0.0):
                 return _picture(fn.base_dist)  # v = L y: show y
         return fn.sample()
 

@@ -1,8 +1,9 @@
-"""Command line of lvm_pyro: ``lvm-pyro fit | evaluate | sample | fit-prior | diagnose``.
+"""Command line of lvm_pyro: ``lvm-pyro fit | evaluate | sample | fit-prior | diagnose |
+disentanglement``.
 
 One module per command (:mod:`.fit`, :mod:`.evaluate`, :mod:`.sample`, :mod:`.fit_prior`,
-:mod:`.diagnose`), each with ``add_arguments(parser)`` and ``run(args) -> int``. The
-flags that describe a run are generated from the typed configurations of
+:mod:`.diagnose`, :mod:`.disentanglement`), each with ``add_arguments(parser)`` and
+``run(args) -> int``. The flags that describe a run are generated from the typed configurations of
 :mod:`lvm_pyro.training.config`; library errors are worded in the library's terms and
 mapped to flags here (:func:`error_line`). ``python -m lvm_pyro.cli`` runs :func:`main`.
 """
@@ -13,7 +14,7 @@ import argparse
 import sys
 from typing import Callable, Optional, Sequence
 
-from . import diagnose, evaluate, fit, fit_prior, sample
+from . import diagnose, disentanglement, evaluate, fit, fit_prior, sample
 
 __all__ = ["main", "build_parser", "SUBCOMMANDS", "error_line"]
 
@@ -24,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "sample": (sample.HELP, sample.add_arguments, sample.run),
     "fit-prior": (fit_prior.HELP, fit_prior.add_arguments, fit_prior.run),
     "diagnose": (diagnose.HELP, diagnose.add_arguments, diagnose.run),
+    "disentanglement": (disentanglement.HELP, disentanglement.add_arguments, disentanglement.run),
 }
 
 

@@ -174,10 +174,16 @@ class BitsPerDimOffset(NamedTuple):
     note: str
 
 
-def bits_per_dim_offset(likelihood, transform: str, levels: int, num_dims: int) -> BitsPerDimOffset:
+def bits_per_dim_offset(likelihood, transform: str, levels: int, num_dims: int, *,
+                        model_dequantizes: bool = False) -> BitsPerDimOffset:
     """The one rule for bits/dim offsets: whether an NLL bounds the discrete data's code
     length, and by which offset.
 
+    * a model that dequantises itself (``model_dequantizes``: a noise site ``"u"`` and the
+      density scored at v = k + u with its L^-D change of variables,
+      :class:`lvm_pyro.models.DequantizedModel`): its log weights already include
+      -D log L, so its bounds are on log P(k) directly, offset 0 (Ho et al. 2019, Eq. 12;
+      Hoogeboom et al. 2020); the data must be the raw levels (transform ``"none"``);
     * discrete likelihood (Bernoulli on binarised data, discretised logistic on the raw
       levels): -log P(x) is a code length, offset 0;
     * continuous density on uniformly dequantised data y = (k + u) / L (Theis et al. 2016,
@@ -192,10 +198,12 @@ def bits_per_dim_offset(likelihood, transform: str, levels: int, num_dims: int) 
             ``"static"`` (binarised), ``"none"``, ``"dequantize"``.
         levels: L >= 2, intensity levels of the raw data (17 for digits, 256 for 8 bits).
         num_dims: D >= 1, dimensions per example.
+        model_dequantizes: the model adds the dequantisation noise itself (see above).
 
     Raises:
-        ValueError: ``levels < 2``, ``num_dims < 1``, unknown transform, or a discrete
-            likelihood on dequantised (off-grid) data.
+        ValueError: ``levels < 2``, ``num_dims < 1``, unknown transform, a discrete
+            likelihood on dequantised (off-grid) data, or a self-dequantising model on
+            data transformed by anything but ``"none"``.
     """
     discrete = likelihood if isinstance(likelihood, bool) else getattr(likelihood, "discrete", None)
     if not isinstance(discrete, bool):
@@ -207,6 +215,15 @@ def bits_per_dim_offset(likelihood, transform: str, levels: int, num_dims: int) 
         raise ValueError(f"levels must be >= 2, got {levels}")
     if num_dims < 1:
         raise ValueError(f"num_dims must be >= 1, got {num_dims}")
+    if model_dequantizes:
+        if transform != "none":
+            raise ValueError(f"a model that dequantises itself takes the raw levels (transform "
+                             f"'none'), got transform {transform!r}: the noise would be added "
+                             "twice, or to binarised data")
+        return BitsPerDimOffset(0.0, num_dims, (
+            f"dequantised model: its log weights are log p(k + u) - log q(u | x) with the "
+            f"-D log {levels} change of variables included, so nll bounds the discrete "
+            "-log P(k) with no offset"))
     if discrete:
         if transform == "dequantize":
             raise ValueError("a discrete likelihood on dequantised data: its values are off the "

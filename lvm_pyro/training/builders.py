@@ -11,7 +11,8 @@ defaults still come from the dataclasses only.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+import math
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
@@ -20,9 +21,10 @@ from ..inference.evaluation import nll_report
 from ..inference.iwae import IWAE_ELBO
 from ..models import VAEModel, make_likelihood
 from ..nn import MLP, ConvDecoder, ConvEncoder
-from .config import (MODEL_CONFIGS, OBJECTIVE_CONFIGS, IWAEConfig, MeanFieldConfig, ModelConfig,
-                     ObjectiveConfig, RunConfig, SBNConfig, TraceConfig, TraceGraphConfig,
-                     VAEConfig, VIMCOConfig, VQVAEConfig)
+from .config import (MODEL_CONFIGS, OBJECTIVE_CONFIGS, ConfigError, FlowConfig, IWAEConfig,
+                     MeanFieldConfig, ModelConfig, ObjectiveConfig, PixelVAEConfig, RunConfig,
+                     SBNConfig, TCVAEConfig, TraceConfig, TraceGraphConfig, VAEConfig,
+                     VIMCOConfig, VQVAEConfig)
 
 __all__ = ["MODEL_BUILDERS", "ELBO_BUILDERS", "register_model", "register_elbo",
            "build_model", "build_elbo", "build_objective", "build_vae", "build_vqvae",
@@ -111,6 +113,8 @@ def build_vae(config: VAEConfig | Mapping, event_shape: Sequence[int]):
         event_shape: (C, H, W) of one example.
     """
     cfg = _model_config(config, VAEConfig)
+    if cfg.dequantization != "none":
+        return _dequantized_vae(cfg, event_shape)
     z_dim = cfg.z_dim
     lik = make_likelihood(cfg.likelihood)
     hidden = [cfg.hidden_dim] * cfg.num_hidden
@@ -125,7 +129,91 @@ def build_vae(config: VAEConfig | Mapping, event_shape: Sequence[int]):
     return VAEModel(dec, z_dim, event_shape, lik), AmortizedNormalGuide(enc, z_dim)
 
 
+def _dequantizer(kind: str, event_shape: Sequence[int], num_levels: int):
+    """q(u | x): :class:`~lvm_pyro.guides.UniformDequantizer` (Theis et al. 2016) or
+    :class:`~lvm_pyro.guides.VariationalDequantizer` (Flow++, Ho et al. 2019; an
+    affine-autoregressive flow on a CNN context for images)."""
+    from ..guides import UniformDequantizer, VariationalDequantizer
+
+    if kind == "uniform":
+        return UniformDequantizer()
+    context = "cnn" if len(event_shape) == 3 else "mlp"
+    return VariationalDequantizer(event_shape, num_levels, autoregressive="affine",
+                                  context=context)
+
+
+def _dequantized_vae(cfg: VAEConfig, event_shape: Sequence[int]):
+    """The VAE of ``cfg`` with a continuous likelihood as the density of a
+    :class:`~lvm_pyro.models.DequantizedModel` over the data's ``num_levels`` levels, and
+    a :class:`~lvm_pyro.guides.CompositeGuide` of q(u | x) and the encoder q(z | x)."""
+    from ..guides import CompositeGuide
+    from ..models import DequantizedModel
+
+    model, guide = build_vae(dataclasses.replace(cfg, dequantization="none"), event_shape)
+    levels = _num_levels(cfg)
+    return (DequantizedModel(model, levels),
+            CompositeGuide(_dequantizer(cfg.dequantization, tuple(event_shape), levels), guide))
+
+
+def _num_levels(cfg: Any) -> int:
+    """The data's intensity levels L (resolved from the data set by ``RunConfig``)."""
+    if cfg.num_levels is None:
+        raise ConfigError("num_levels", "must be given (the data's intensity levels) when the "
+                                        "model config is not part of a RunConfig")
+    return int(cfg.num_levels)
+
+
 register_model("vae", build_vae, VAEConfig)
+
+
+def build_pixelvae(config: PixelVAEConfig | Mapping, event_shape: Sequence[int]):
+    """:class:`~lvm_pyro.models.PixelCNNDecoderVAE` (PixelVAE, Gulrajani et al. 2016) with
+    an MLP :class:`~lvm_pyro.guides.AmortizedNormalGuide` (``num_hidden`` tanh layers of
+    ``hidden_dim``); the decoder has ``decoder_layers`` gated layers of kernel
+    ``decoder_kernel``, ``channels`` wide, and the likelihood ``likelihood`` (a
+    discretised logistic over ``num_levels`` levels, or Bernoulli).
+
+    Args:
+        config: a :class:`~lvm_pyro.training.config.PixelVAEConfig` (or a flat mapping).
+        event_shape: (1, H, W) of one example.
+
+    Raises:
+        ValueError: an event shape with more than one channel.
+    """
+    from ..models import PixelCNNDecoderVAE
+
+    cfg = _model_config(config, PixelVAEConfig)
+    event_shape = tuple(event_shape)
+    lik = (make_likelihood("discretized_logistic", num_levels=cfg.num_levels)
+           if cfg.likelihood == "discretized_logistic" else make_likelihood("bernoulli"))
+    model = PixelCNNDecoderVAE(cfg.z_dim, event_shape, lik, channels=cfg.channels,
+                               num_layers=cfg.decoder_layers, kernel_size=cfg.decoder_kernel)
+    enc = MLP(event_shape, [cfg.hidden_dim] * cfg.num_hidden, (2, cfg.z_dim), activation="tanh")
+    return model, AmortizedNormalGuide(enc, cfg.z_dim)
+
+
+def build_flow(config: FlowConfig | Mapping, event_shape: Sequence[int]):
+    """:class:`~lvm_pyro.models.FlowModel` (a dequantised multi-scale pixel flow over the
+    data's L levels) with the guide q(u | x) of ``dequantization``: uniform or
+    :class:`~lvm_pyro.guides.VariationalDequantizer` (Flow++). Its log weights are
+    log p(k + u) - log q(u | x) in nats of the discrete data: no bits/dim offset.
+
+    Raises:
+        ConfigError: ``num_levels`` unresolved (build through a ``RunConfig``).
+        ValueError: H or W not divisible by 2 ** num_scales.
+    """
+    from ..models import FlowModel
+
+    cfg = _model_config(config, FlowConfig)
+    event_shape = tuple(event_shape)
+    levels = _num_levels(cfg)
+    model = FlowModel(event_shape, levels, num_scales=cfg.num_scales,
+                      num_couplings=cfg.num_couplings, hidden_channels=cfg.hidden_channels)
+    return model, _dequantizer(cfg.dequantization, event_shape, levels)
+
+
+register_model("pixelvae", build_pixelvae, PixelVAEConfig)
+register_model("flow", build_flow, FlowConfig)
 
 # -- per-model Trainer callbacks and extra test metrics (VQ-VAE registers both) ---------
 CALLBACK_BUILDERS: dict[str, Callable[[dict, Any, Any], list]] = {}
@@ -288,31 +376,92 @@ def build_model(config: RunConfig | Mapping, event_shape: Sequence[int]):
     return MODEL_BUILDERS[config.model_name](config.model, event_shape)
 
 
-def build_objective(config: RunConfig | ObjectiveConfig | Mapping) -> ELBO:
+def build_objective(config: RunConfig | ObjectiveConfig | Mapping, *,
+                    num_data: Optional[int] = None) -> ELBO:
     """The run's training objective, built in one place: the registered objective for the
     objective config, then its KL weighting. Free bits lambda > 0 (Kingma et al. 2016,
     eq. 15) replaces a trace / meanfield objective by
-    :class:`~lvm_pyro.inference.FreeBits_ELBO`; beta != 1 or a warm-up of T > 0 optimiser
-    steps wraps it in :class:`~lvm_pyro.inference.KLWeighted_ELBO` (beta_t =
-    beta * min(1, t / T), Bowman et al. 2015). The defaults (1, 0, 0) return the plain
-    objective. Importance-weighted objectives (IWAE, VIMCO) have no KL term: their
-    configs have no such fields.
+    :class:`~lvm_pyro.inference.FreeBits_ELBO`; beta != 1 or a schedule other than the
+    constant 1 wraps it in :class:`~lvm_pyro.inference.KLWeighted_ELBO` with the schedule
+    of :func:`kl_schedule` (``kl_schedule``: constant beta; linear warm-up over
+    ``kl_warmup`` optimiser steps, beta_t = beta * min(1, t / T), Bowman et al. 2015;
+    cyclical annealing, Fu et al. 2019). The defaults return the plain objective.
+    Importance-weighted objectives (IWAE, VIMCO) have no KL term: their configs have no
+    such fields. A builder that takes a ``num_data`` keyword (beta-TCVAE) gets the
+    training-set size.
+
+    Args:
+        config: a run / objective configuration or a flat mapping.
+        num_data: N, the training-set size (needed by ``tcvae``; with a ``RunConfig``, the
+            cyclical schedule's cycle length is epochs * ceil(N / B) / kl_cycles steps).
 
     Raises:
-        ConfigError: unknown objective name or invalid fields.
+        ConfigError: unknown objective name or invalid fields; ``num_data`` missing for an
+            objective or schedule that needs it.
     """
-    from ..inference import ConstantSchedule, FreeBits_ELBO, KLWeighted_ELBO, LinearWarmup
+    import inspect
 
-    obj = config if isinstance(config, ObjectiveConfig) else as_run_config(config).objective
-    elbo = ELBO_BUILDERS[type(obj).name](obj)
+    from ..inference import FreeBits_ELBO, KLWeighted_ELBO
+
+    run = None if isinstance(config, ObjectiveConfig) else as_run_config(config)
+    obj = config if run is None else run.objective
+    builder = ELBO_BUILDERS[type(obj).name]
+    if "num_data" in inspect.signature(builder).parameters:
+        if num_data is None:
+            raise ConfigError("num_data", f"is needed by the {type(obj).name} objective (the "
+                                          "training-set size): pass build_objective(..., "
+                                          "num_data=N)")
+        elbo = builder(obj, num_data=num_data)
+    else:
+        elbo = builder(obj)
     free_bits = getattr(obj, "free_bits", 0.0)
-    beta, warmup = getattr(obj, "beta", 1.0), getattr(obj, "kl_warmup", 0)
     if free_bits > 0:
         elbo = FreeBits_ELBO(free_bits, num_particles=obj.num_particles, max_plate_nesting=1)
-    if beta != 1.0 or warmup > 0:
-        schedule = LinearWarmup(beta, warmup) if warmup > 0 else ConstantSchedule(beta)
-        elbo = KLWeighted_ELBO(elbo, schedule=schedule)
+    if hasattr(obj, "kl_schedule") and (obj.beta != 1.0 or obj.kl_schedule != "constant"):
+        total = None
+        if run is not None and num_data is not None:
+            total = run.train.epochs * math.ceil(num_data / run.train.batch_size)
+        elbo = KLWeighted_ELBO(elbo, schedule=kl_schedule(obj, total_steps=total))
     return elbo
+
+
+def kl_schedule(obj: ObjectiveConfig, *, total_steps: Optional[int] = None):
+    """The KL weight schedule of a KL-weighted objective config
+    (:mod:`lvm_pyro.inference.schedules`): ``constant`` -> ``ConstantSchedule(beta)``,
+    ``linear`` -> ``LinearWarmup(beta, kl_warmup)``, ``cyclical`` ->
+    ``CyclicalSchedule(beta, period=ceil(total_steps / kl_cycles), kl_ramp_fraction)``.
+
+    Args:
+        obj: an objective config with ``beta``, ``kl_schedule``, ``kl_warmup``,
+            ``kl_cycles`` and ``kl_ramp_fraction``.
+        total_steps: optimiser steps of the whole run (needed by ``cyclical``).
+
+    Raises:
+        ConfigError: ``cyclical`` without ``total_steps``.
+    """
+    from ..inference import ConstantSchedule, CyclicalSchedule, LinearWarmup
+
+    if obj.kl_schedule == "linear":
+        return LinearWarmup(obj.beta, obj.kl_warmup)
+    if obj.kl_schedule == "cyclical":
+        if total_steps is None:
+            raise ConfigError("kl_schedule", "cyclical needs the run's number of optimiser "
+                                             "steps: build it from a RunConfig with num_data")
+        period = max(1, math.ceil(total_steps / obj.kl_cycles))
+        return CyclicalSchedule(obj.beta, period, obj.kl_ramp_fraction)
+    return ConstantSchedule(obj.beta)
+
+
+def _build_tcvae(c: TCVAEConfig, *, num_data: int):
+    from ..inference import TCVAE_ELBO
+
+    return TCVAE_ELBO(num_data, alpha=c.alpha, beta=c.beta, gamma=c.gamma,
+                      estimator=c.tc_estimator, num_particles=c.num_particles,
+                      max_plate_nesting=1)
+
+
+register_elbo("tcvae", _build_tcvae, TCVAEConfig)
+__all__ += ["build_pixelvae", "build_flow", "kl_schedule"]
 
 
 #: the name the notebooks and earlier code use

@@ -38,8 +38,9 @@ from typing import Any, ClassVar, Iterable, Mapping, NamedTuple, Optional
 from ..data.datasets import DATASET_LEVELS, DATASETS
 
 __all__ = ["ConfigError", "DATA_DEFAULTS", "DataDefaults", "TRANSFORMS", "ModelConfig",
-           "VAEConfig", "VQVAEConfig", "SBNConfig", "ObjectiveConfig", "TraceConfig",
-           "MeanFieldConfig", "IWAEConfig", "VIMCOConfig", "TraceGraphConfig", "DataConfig",
+           "VAEConfig", "VQVAEConfig", "SBNConfig", "PixelVAEConfig", "FlowConfig",
+           "ObjectiveConfig", "TraceConfig", "MeanFieldConfig", "IWAEConfig", "VIMCOConfig",
+           "TraceGraphConfig", "TCVAEConfig", "KL_SCHEDULES", "DEQUANTIZATIONS", "DataConfig",
            "TrainConfig", "RunConfig", "PriorConfig", "DiagnoseConfig", "MODEL_CONFIGS", "OBJECTIVE_CONFIGS",
            "RECORD_KEYS", "default_transform", "add_config_arguments",
            "config_from_namespace", "option", "given_options"]
@@ -138,6 +139,19 @@ def _likelihood(cfg: Any, name: str = "likelihood") -> None:
     _choice(cfg, name, sorted(LIKELIHOODS))
 
 
+def _is_discrete(likelihood: str) -> bool:
+    from ..models.likelihoods import LIKELIHOODS
+
+    return bool(getattr(LIKELIHOODS[likelihood], "discrete", True))
+
+
+#: dequantisation noise of a dequantised model (site "u"): the guide's q(u | x)
+DEQUANTIZATIONS = ("uniform", "variational")
+
+#: KL weight schedules of the KL-weighted objectives (lvm_pyro.inference.schedules)
+KL_SCHEDULES = ("constant", "linear", "cyclical")
+
+
 def _same(a: Any, b: Any) -> bool:
     return a is b or (type(a) in (int, float) and type(b) in (int, float) and a == b) or (
         type(a) is type(b) and a == b)
@@ -182,6 +196,13 @@ class VAEConfig(ModelConfig):
     network: str = option("mlp", "encoder / decoder networks", choices=("mlp", "conv"))
     activation: str = option("tanh", "hidden activation", choices=("tanh", "relu", "elu", "gelu"))
     likelihood: str = option("bernoulli", "observation model p(x | z)")
+    dequantization: str = option(
+        "none", "dequantisation noise u as a latent of the model (Flow++, Ho et al. 2019): "
+                "uniform q(u) = U[0, 1)^D or a learned q(u | x); needs a continuous likelihood "
+                "and raw (not binarised) data", choices=DEQUANTIZATIONS + ("none",))
+    num_levels: Optional[int] = option(None, "intensity levels L of the dequantised data "
+                                             "(default: the data set's, 17 for digits, 256 "
+                                             "otherwise)")
 
     def __post_init__(self) -> None:
         _integer(self, "z_dim", 1, allow_none=True)
@@ -190,6 +211,12 @@ class VAEConfig(ModelConfig):
         _choice(self, "network", ("mlp", "conv"))
         _choice(self, "activation", ("tanh", "relu", "elu", "gelu"))
         _likelihood(self)
+        _choice(self, "dequantization", DEQUANTIZATIONS + ("none",))
+        _integer(self, "num_levels", 2, allow_none=True)
+        if self.dequantization != "none" and _is_discrete(self.likelihood):
+            raise ConfigError("dequantization", f"needs a continuous likelihood (e.g. gaussian): "
+                                                f"{self.likelihood} is discrete, and a discrete "
+                                                "likelihood needs no dequantisation")
 
 
 @dataclass(frozen=True)
@@ -260,6 +287,78 @@ class SBNConfig(ModelConfig):
         _choice(self, "baselines", (True, False), allow_none=True)
 
 
+@dataclass(frozen=True)
+class PixelVAEConfig(ModelConfig):
+    """The PixelCNN-decoder VAE of :func:`lvm_pyro.training.builders.build_pixelvae`
+    (PixelVAE, Gulrajani et al. 2016): an MLP encoder (``num_hidden`` tanh layers of
+    ``hidden_dim``) and a gated PixelCNN decoder of ``decoder_layers`` layers with
+    ``decoder_kernel`` x ``decoder_kernel`` kernels, ``channels`` wide, conditioned on z
+    (van den Oord et al. 2016, Eq. 4). One or two layers of kernel 3 or 5 is the VLAE-style
+    local decoder (Chen et al. 2016); the receptive field reaches
+    (decoder_kernel // 2) * decoder_layers pixels up, left and right.
+
+    Raises:
+        ConfigError: a field out of range (an even kernel, a likelihood other than
+            bernoulli / discretized_logistic).
+    """
+
+    name: ClassVar[str] = "pixelvae"
+    z_dim: Optional[int] = option(None, "latent size (default: DATA_DEFAULTS, 10 on digits, "
+                                        "50 otherwise)")
+    hidden_dim: int = option(200, "width of each hidden layer of the MLP encoder")
+    num_hidden: int = option(2, "hidden layers of the MLP encoder")
+    decoder_layers: int = option(5, "gated PixelCNN layers of the decoder (1-2 with a small "
+                                    "kernel: the VLAE local decoder)")
+    decoder_kernel: int = option(3, "odd kernel size (>= 3) of the decoder's gated layers")
+    channels: int = option(32, "channels of the decoder's gated stacks")
+    likelihood: str = option("bernoulli", "pixel model of the PixelCNN decoder: bernoulli "
+                                          "(binarised data) or discretized_logistic (raw levels)")
+    num_levels: Optional[int] = option(None, "intensity levels of the discretised likelihood "
+                                             "(default: the data set's, 17 for digits, 256 "
+                                             "otherwise)")
+
+    def __post_init__(self) -> None:
+        _integer(self, "z_dim", 1, allow_none=True)
+        _integer(self, "hidden_dim", 1)
+        _integer(self, "num_hidden", 0)
+        _integer(self, "decoder_layers", 1)
+        _integer(self, "decoder_kernel", 3)
+        if self.decoder_kernel % 2 == 0:
+            raise ConfigError("decoder_kernel", f"must be odd, got {self.decoder_kernel}")
+        _integer(self, "channels", 1)
+        _choice(self, "likelihood", ("bernoulli", "discretized_logistic"))
+        _integer(self, "num_levels", 2, allow_none=True)
+
+
+@dataclass(frozen=True)
+class FlowConfig(ModelConfig):
+    """The dequantised multi-scale pixel flow of
+    :func:`lvm_pyro.training.builders.build_flow` (:class:`lvm_pyro.models.FlowModel`,
+    RealNVP-style; Dinh et al. 2017) with uniform (Theis et al. 2016) or variational
+    (Flow++, Ho et al. 2019) dequantisation noise q(u | x) as its guide. It models the raw
+    intensity levels (no binarisation); its bound is on log P(k) itself.
+
+    Raises:
+        ConfigError: a field out of range.
+    """
+
+    name: ClassVar[str] = "flow"
+    dequantization: str = option("uniform", "dequantisation noise q(u | x): uniform or a "
+                                            "learned conditional flow", choices=DEQUANTIZATIONS)
+    num_scales: int = option(2, "scales of the multi-scale flow (squeeze + split per scale)")
+    num_couplings: int = option(2, "affine coupling layers per scale")
+    hidden_channels: int = option(32, "channels of each coupling network")
+    num_levels: Optional[int] = option(None, "intensity levels L of the data (default: the "
+                                             "data set's, 17 for digits, 256 otherwise)")
+
+    def __post_init__(self) -> None:
+        _choice(self, "dequantization", DEQUANTIZATIONS)
+        _integer(self, "num_levels", 2, allow_none=True)
+        _integer(self, "num_scales", 1)
+        _integer(self, "num_couplings", 1)
+        _integer(self, "hidden_channels", 1)
+
+
 # -- objectives ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class ObjectiveConfig:
@@ -279,6 +378,14 @@ class _KLWeightedConfig(ObjectiveConfig):
 
     beta: float = option(1.0, "weight of the KL term (beta-VAE; 1: the plain ELBO)")
     kl_warmup: int = option(0, "KL warm-up length in OPTIMISER STEPS (0: none)")
+    kl_schedule: Optional[str] = option(
+        None, "KL weight schedule: constant beta, linear warm-up over --kl-warmup steps "
+              "(Bowman et al. 2015), or cyclical annealing over --kl-cycles cycles of the whole "
+              "run (Fu et al. 2019) (default: linear with --kl-warmup > 0, else constant)",
+        choices=KL_SCHEDULES)
+    kl_cycles: int = option(4, "cycles M of the cyclical schedule over the run's optimiser steps")
+    kl_ramp_fraction: float = option(0.5, "part R in (0, 1] of each cycle spent increasing the "
+                                          "weight (cyclical schedule)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -286,6 +393,18 @@ class _KLWeightedConfig(ObjectiveConfig):
         if not math.isfinite(self.beta):
             raise ConfigError("beta", f"must be finite, got {self.beta!r}")
         _integer(self, "kl_warmup", 0)
+        _choice(self, "kl_schedule", KL_SCHEDULES, allow_none=True)
+        _integer(self, "kl_cycles", 1)
+        _interval(self, "kl_ramp_fraction", 0.0, 1.0)
+        if self.kl_ramp_fraction == 0:
+            raise ConfigError("kl_ramp_fraction", "must be in (0, 1], got 0")
+        if self.kl_schedule is None:
+            object.__setattr__(self, "kl_schedule", "linear" if self.kl_warmup > 0 else "constant")
+        if self.kl_schedule == "linear" and self.kl_warmup == 0:
+            raise ConfigError("kl_schedule", "linear needs --kl-warmup T > 0 optimiser steps")
+        if self.kl_schedule != "linear" and self.kl_warmup > 0:
+            raise ConfigError("kl_warmup", f"applies to the linear schedule only, not "
+                                           f"{self.kl_schedule}")
 
 
 @dataclass(frozen=True)
@@ -344,6 +463,33 @@ class TraceGraphConfig(_KLWeightedConfig):
     name: ClassVar[str] = "tracegraph"
 
 
+@dataclass(frozen=True)
+class TCVAEConfig(ObjectiveConfig):
+    """:class:`~lvm_pyro.inference.TCVAE_ELBO` (beta-TCVAE, Chen et al. 2018, Eq. 4):
+    index-code MI, total correlation and dimension-wise KL weighted by alpha, beta and
+    gamma, log q(z) estimated by minibatch stratified (``mss``) or weighted (``mws``)
+    sampling; the training-set size N comes from the data.
+
+    Raises:
+        ConfigError: a negative or non-finite weight, an unknown estimator.
+    """
+
+    name: ClassVar[str] = "tcvae"
+    alpha: float = option(1.0, "weight of the index-code mutual information")
+    beta: float = option(6.0, "weight of the total correlation")
+    gamma: float = option(1.0, "weight of the dimension-wise KL")
+    tc_estimator: str = option("mss", "minibatch estimator of log q(z): stratified (mss) or "
+                                      "weighted (mws) sampling", choices=("mss", "mws"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("alpha", "beta", "gamma"):
+            _at_least(self, name, 0.0)
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(name, f"must be finite, got {getattr(self, name)!r}")
+        _choice(self, "tc_estimator", ("mss", "mws"))
+
+
 # -- data and training --------------------------------------------------------------
 def default_transform(likelihood: Optional[str]) -> str:
     """The training-data transform that matches a likelihood: ``"dynamic"`` binarisation
@@ -399,9 +545,20 @@ class TrainConfig:
                                          "otherwise)")
     seed: int = option(0, "seed of parameters, shuffling and binarisation")
     device: str = option("cpu", "torch device: cpu or cuda")
+    aggressive_encoder: bool = option(False, "aggressive inference-network training (He et "
+                                             "al. 2019): encoder-only steps until the loss "
+                                             "stops improving, then one decoder step, until "
+                                             "I_q(x; z) on held-out points stops rising")
+    aggressive_max_inner_steps: int = option(100, "cap on the encoder-only steps per training "
+                                                  "step of aggressive training")
+    aggressive_heldout: int = option(500, "held-out points (the first test points) for the "
+                                          "I_q(x; z) rule of aggressive training")
 
     def __post_init__(self) -> None:
         _integer(self, "batch_size", 1)
+        _choice(self, "aggressive_encoder", (True, False))
+        _integer(self, "aggressive_max_inner_steps", 1)
+        _integer(self, "aggressive_heldout", 2)
         _positive(self, "lr")
         _integer(self, "epochs", 0, allow_none=True)
         _integer(self, "seed", 0)
@@ -523,6 +680,13 @@ class RunConfig:
             object.__setattr__(self, "model", dataclasses.replace(self.model, **repl))
         if self.train.epochs is None:
             object.__setattr__(self, "train", dataclasses.replace(self.train, epochs=defaults.epochs))
+        dequantized = getattr(self.model, "dequantization", "none") != "none"
+        if self.data.binarization is None and dequantized:  # the model adds the noise u
+            object.__setattr__(self, "data", dataclasses.replace(self.data, binarization="none"))
+        elif dequantized and self.data.binarization != "none":
+            raise ConfigError("binarization", f"must be none with --dequantization "
+                                              f"{self.model.dequantization}: the model adds "
+                                              "the noise u to the raw levels itself")
         if self.data.binarization is None:
             transform = default_transform(getattr(self.model, "likelihood", None))
             object.__setattr__(self, "data", dataclasses.replace(self.data, binarization=transform))

@@ -127,6 +127,11 @@ class Trainer:
             checked, nor are steps over which the objective itself changes (its
             ``current_beta``, e.g. during a KL warm-up, which raises the loss by design).
             ``None`` turns the check off.
+        aggressive: an :class:`~lvm_pyro.training.aggressive.AggressiveEncoder`: aggressive
+            inference-network training (He et al. 2019, Algorithm 1) while its mode is on
+            (encoder-only steps on fresh minibatches until the loss stops improving, then
+            one decoder-only step); its state is checkpointed. The guide must be an
+            ``nn.Module`` (its parameters are the encoder's).
 
     Raises:
         ValueError: bad hyper-parameters, or both ``transform`` and ``binarization``.
@@ -140,7 +145,8 @@ class Trainer:
                  config: Optional[dict[str, Any]] = None, progress: bool = True,
                  callbacks: Sequence[Callable] = (), clip_norm: Optional[float] = None,
                  modules: Optional[dict[str, torch.nn.Module]] = None,
-                 validate: bool = False, divergence_tolerance: Optional[float] = 0.5):
+                 validate: bool = False, divergence_tolerance: Optional[float] = 0.5,
+                 aggressive: Optional[Any] = None):
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         if batch_size < 1:
@@ -151,6 +157,10 @@ class Trainer:
             raise ValueError(f"divergence_tolerance must be >= 0 or None, got {divergence_tolerance}")
         if transform is not None and binarization is not None:
             raise ValueError("give either transform= or its shorthand binarization=, not both")
+        if aggressive is not None and not isinstance(guide, torch.nn.Module):
+            raise ValueError("aggressive encoder training needs the guide to be a torch "
+                             "nn.Module (its parameters are the encoder's)")
+        self.aggressive = aggressive
         self.model, self.guide, self.elbo = model, guide, elbo
         self._model, self._guide = adapt_program(model), adapt_program(guide)
         self.lr, self.batch_size, self.seed = float(lr), int(batch_size), int(seed)
@@ -252,6 +262,7 @@ class Trainer:
             "history": list(self.history),
             "step_losses": list(self._last_losses),
             "step_weights": list(self._last_weights),
+            "aggressive": _state_of(self.aggressive) or {},
         }
 
     def save(self, path: Optional[str | Path] = None) -> Path:
@@ -283,7 +294,8 @@ class Trainer:
         legacy = payload["rng"].get("binarizer")  # checkpoints written before transforms
         if "transform" not in payload and legacy is not None and isinstance(self.transform, Binarizer):
             payload = {**payload, "transform": {"mode": self.transform.mode, "generator": legacy}}
-        for what, obj in (("transform", self.transform), ("objective", self.elbo)):
+        for what, obj in (("transform", self.transform), ("objective", self.elbo),
+                          ("aggressive", self.aggressive)):
             saved = payload.get(what) or {}
             if _state_of(obj) is not None:
                 if not saved:
@@ -352,7 +364,11 @@ class Trainer:
                 for start in range(0, n, self.batch_size):
                     idx = perm[start:start + self.batch_size]
                     weights.append(getattr(self.elbo, "current_beta", None))
-                    loss = self._step(x_epoch[idx], n, idx)
+                    if self.aggressive is not None and self.aggressive.active:
+                        self._encoder_steps(x_epoch, n)
+                        loss = self._step(x_epoch[idx], n, idx, train="decoder")
+                    else:
+                        loss = self._step(x_epoch[idx], n, idx)
                     per_point = loss / (n if self._scaled else len(idx))
                     if not math.isfinite(per_point):
                         raise FloatingPointError(
@@ -365,6 +381,8 @@ class Trainer:
                 self.epoch += 1
                 self._warn_if_rising(losses, weights)
                 m = EpochMetrics(self.epoch, total / count, time.perf_counter() - t0)
+                if self.aggressive is not None:
+                    m.extra.update(self.aggressive.end_epoch(self.guide))
                 bar.end_epoch(self.epoch, epochs, m.loss, m.seconds)
                 for cb in self.callbacks:
                     out = cb(self, m)
@@ -424,11 +442,35 @@ class Trainer:
                 f"rate (lr={self.lr:g})",
                 DivergenceWarning)
 
-    def _step(self, xb: torch.Tensor, n: int, idx: torch.Tensor) -> float:
+    def _encoder_ids(self) -> set[int]:
+        return {id(p) for p in self.guide.parameters()}
+
+    def _encoder_steps(self, x_epoch: torch.Tensor, n: int) -> int:
+        """Encoder-only steps of aggressive training, each on a fresh minibatch drawn
+        with the (checkpointed) shuffling generator, until
+        :meth:`AggressiveEncoder.inner_converged`. Returns the number of steps."""
+        losses: list[float] = []
+        b = min(self.batch_size, n)
+        while not self.aggressive.inner_converged(losses):
+            idx = torch.randperm(n, generator=self.shuffle)[:b].to(x_epoch.device)
+            losses.append(self._step(x_epoch[idx], n, idx, train="encoder"))
+        self.aggressive.inner_steps.append(len(losses))
+        return len(losses)
+
+    def _step(self, xb: torch.Tensor, n: int, idx: torch.Tensor,
+              train: Optional[str] = None) -> float:
+        """One optimiser step; ``train="encoder"`` / ``"decoder"`` drops the gradients of
+        the other side (the guide's parameters are the encoder) so Adam skips it."""
         with pyro.validation_enabled(self.validate):
             loss = self.elbo.loss_and_grads(self._model, self._guide, xb, num_data=n, idx=idx)
         if len(pyro.get_param_store()) != self._store_size:
             self._sync_optimizer()
+        if train is not None:
+            encoder = self._encoder_ids()
+            for group in self.optimizer.param_groups:
+                for p in group["params"]:
+                    if (id(p) in encoder) != (train == "encoder"):
+                        p.grad = None
         if self.clip_norm is not None:
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.clip_norm)

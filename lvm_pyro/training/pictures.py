@@ -29,12 +29,27 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, min_size: i
     return path
 
 
+def _picture(fn) -> torch.Tensor:
+    """What a picture shows of an observation distribution: its mean; for the density of
+    a dequantised model (v = L y, :class:`lvm_pyro.models.DequantizedModel`) that of the
+    density over y in [0, 1]; a draw when no mean is known (a flow)."""
+    try:
+        return fn.mean
+    except NotImplementedError:
+        if isinstance(fn, torch.distributions.TransformedDistribution):
+            ts = fn.transforms
+            if (len(ts) == 1 and isinstance(ts[0], torch.distributions.AffineTransform)
+                    and float(torch.as_tensor(ts[0].loc).abs().max()) == 0.0):
+                return _picture(fn.base_dist)  # v = L y: show y
+        return fn.sample()
+
+
 @torch.no_grad()
 def reconstruct(model: Callable, guide: Callable, x: torch.Tensor) -> torch.Tensor:
     """Mean of p(x | z) at z ~ q(z | x), for any model / guide with an ``"x"`` site whose
     distribution has a ``mean``: (batch, ...) -> (batch, ...)."""
     mt, _ = trace_guide_then_model(model, guide, x, block=True)
-    return mt.nodes[OBS]["fn"].mean.reshape(x.shape)
+    return _picture(mt.nodes[OBS]["fn"]).reshape(x.shape)
 
 
 @torch.no_grad()
@@ -42,7 +57,7 @@ def prior_samples(model: Callable, x_like: torch.Tensor) -> torch.Tensor:
     """Mean of p(x | z) at z ~ p(z), one per row of ``x_like`` (a batch of valid data used
     only for its shape; the observation is uncondition-ed)."""
     mt = trace_program(poutine.uncondition(model), x_like, keywords_of=model)
-    return mt.nodes[OBS]["fn"].mean.reshape(x_like.shape)
+    return _picture(mt.nodes[OBS]["fn"]).reshape(x_like.shape)
 
 
 def save_reconstructions(model, guide, x: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:

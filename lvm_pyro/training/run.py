@@ -32,7 +32,7 @@ from .rundir import (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, prepare_run_dir
                      write_json)
 
 __all__ = ["Run", "load_run", "train_run", "evaluate_run", "sample_run", "prepare_data",
-           "test_bits_offset", "read_run_config"]
+           "test_bits_offset", "read_run_config", "latent_metrics"]
 
 _write_json = write_json  # the name fit-prior and diagnose import
 
@@ -73,15 +73,17 @@ def test_bits_offset(config: RunConfig | Mapping, x: torch.Tensor) -> BitsPerDim
     """The bits/dim offset of a run's test data x (N, ...): :func:`bits_per_dim_offset`
     of the model's likelihood, the run's data transform and the data set's levels. A
     model configuration without a ``likelihood`` field counts as discrete unless the data
-    are dequantised."""
+    are dequantised; a model with a ``dequantization`` other than ``"none"`` adds the
+    noise itself (offset 0)."""
     from ..models.likelihoods import LIKELIHOODS
 
     cfg = as_run_config(config)
     mode = cfg.data.binarization
     name = getattr(cfg.model, "likelihood", None)
     discrete = (mode != "dequantize") if name is None else bool(LIKELIHOODS[name].discrete)
+    dequantizes = getattr(cfg.model, "dequantization", "none") != "none"
     return bits_per_dim_offset(discrete, mode, DATASET_LEVELS[cfg.data.data],
-                               int(math.prod(x.shape[1:])))
+                               int(math.prod(x.shape[1:])), model_dequantizes=dequantizes)
 
 
 def validate_config(config: RunConfig) -> None:
@@ -179,7 +181,7 @@ def train_run(config: RunConfig | Mapping, out: str | Path, *, resume: bool = Fa
     pyro.clear_param_store()
     pyro.set_rng_seed(config.train.seed)
     model, guide = build_model(config, x_train.shape[1:])
-    elbo = build_objective(config)
+    elbo = build_objective(config, num_data=len(x_train))
     flat = config.to_dict()
     prepare_run_dir(out, resume=resume, overwrite=overwrite)  # once the run is known to be buildable
     write_json(cfg_path, {**flat, "data_source": source})
@@ -189,7 +191,14 @@ def train_run(config: RunConfig | Mapping, out: str | Path, *, resume: bool = Fa
         guide.to(device)
     levels = DATASET_LEVELS[config.data.data]
     seed = config.train.seed
-    trainer = Trainer(model, guide, elbo, lr=config.train.lr,
+    aggressive = None
+    if config.train.aggressive_encoder:
+        from .aggressive import AggressiveEncoder
+
+        heldout = prepare_data(config, "test", device)[:config.train.aggressive_heldout]
+        aggressive = AggressiveEncoder(heldout,
+                                       max_inner_steps=config.train.aggressive_max_inner_steps)
+    trainer = Trainer(model, guide, elbo, lr=config.train.lr, aggressive=aggressive,
                       batch_size=config.train.batch_size, seed=seed,
                       binarization=Binarizer(config.data.binarization, seed + 1, levels),
                       checkpoint_path=out / CHECKPOINT_FILE,
@@ -298,8 +307,65 @@ def evaluate_run(run_dir: str | Path, *, num_samples: int = 1000, num_test: Opti
         "eval_seconds": time.perf_counter() - t0, "versions": _versions(),
         "config": config.to_dict(),
     }
+    metrics.update(latent_metrics(model, guide, x, batch_size=batch_size))
     metrics.update(build_metrics(config, model, guide, x))  # model-specific (e.g. VQ-VAE usage)
     return metrics
+
+
+def _base(fn):
+    """A site's distribution without its ``to_event`` wrappers."""
+    while isinstance(fn, torch.distributions.Independent):
+        fn = fn.base_dist
+    return fn
+
+
+def _gaussian(fn) -> bool:
+    """Whether a site's distribution is a (possibly ``to_event``) Normal."""
+    return isinstance(_base(fn), torch.distributions.Normal)
+
+
+@torch.no_grad()
+def latent_metrics(model, guide, x: torch.Tensor, *, latent: str = "z",
+                   batch_size: int = 100) -> dict:
+    """Information kept in a Gaussian latent on test data x (N, ...):
+
+    * ``test_kl``: mean over test points of KL(q(z | x_i) || p(z)), nats (closed form for
+      Gaussian q and p, :func:`lvm_pyro.diagnostics.average_kl`), with ``test_kl_se``
+      its standard error over the points;
+    * ``active_units``: coordinates d with Cov_x(E_q[z_d | x]) > 0.01 (Burda et al. 2015,
+      sec. 5.2; :func:`lvm_pyro.diagnostics.active_units`), out of ``latent_dims``.
+
+    A model whose guide has no site ``latent``, or whose q or p there is not Gaussian
+    (VQ codes, Bernoulli units), gets ``None`` for each and a ``latent_metrics_note``
+    saying why.
+    """
+    from ..diagnostics import active_units, average_kl
+    from ..inference.program import trace_program
+
+    none = {"test_kl": None, "test_kl_se": None, "active_units": None, "latent_dims": None}
+    try:
+        guide_site = trace_program(guide, x[:2]).nodes.get(latent)
+        model_trace, _ = trace_guide_then_model(model, guide, x[:2], block=True)
+    except ValueError as e:  # a program the helpers refuse: say so instead of failing the run
+        return {**none, "latent_metrics_note": f"skipped: {e}"}
+    model_site = model_trace.nodes.get(latent)
+    if guide_site is None or model_site is None:
+        return {**none, "latent_metrics_note": f"skipped: the model has no latent site "
+                                               f"{latent!r}"}
+    if not (_gaussian(guide_site["fn"]) and _gaussian(model_site["fn"])):
+        return {**none, "latent_metrics_note": (
+            f"skipped: q({latent} | x) is {type(_base(guide_site['fn'])).__name__} and "
+            f"p({latent}) is {type(_base(model_site['fn'])).__name__}; test_kl and active_units are reported for "
+            "Gaussian latents only")}
+    kl = torch.cat([average_kl(model, guide, x[s:s + batch_size], latent=latent)
+                    for s in range(0, len(x), batch_size)]).double()  # (N,)
+    se = float(kl.std() / math.sqrt(len(kl))) if len(kl) > 1 else None
+    au = active_units(guide, x, latent=latent) if len(x) >= 2 else None
+    return {"test_kl": float(kl.mean()), "test_kl_se": se,
+            "active_units": None if au is None else au.num_active,
+            "latent_dims": int(guide_site["fn"].event_shape.numel()),
+            "latent_metrics_note": f"KL(q({latent} | x) || p({latent})) in closed form; "
+                                   "active units: Cov_x(E_q[z_d]) > 0.01 (Burda et al. 2015)"}
 
 
 def sample_run(run_dir: str | Path, *, num_samples: int = 64, model=None, guide=None,

@@ -16,6 +16,6 @@ __all__ = [
     "DivergenceWarning", "EpochMetrics", "FlowConfig", "IWAEConfig", "MeanFieldConfig",
     "PixelVAEConfig", "PriorConfig", "Run", "RunConfig", "RunExistsError", "RunFileError",
     "SBNConfig", "TCVAEConfig", "TraceConfig", "TraceGraphConfig", "TrainConfig", "Trainer",
-    "VAEConfig", "VIMCOConfig", "VQVAEConfig", "adapt_program", "evaluate_run",
-    "load_checkpoint", "load_run", "sample_run", "save_checkpoint", "train_run",
+    "VAEConfig", "VIMCOConfig", "VQVAEConfig", "adapt_program", "evaluate_run", "load_checkpoint",
+    "load_run", "sample_run", "save_checkpoint", "train_run",
 ]

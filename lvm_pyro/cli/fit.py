@@ -25,8 +25,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..training.config import (MODEL_CONFIGS, OBJECTIVE_CONFIGS, DataConfig, TrainConfig,
                                    add_config_arguments)
 
-    p.add_argument("--model", default="vae", choices=sorted(MODEL_CONFIGS),
-                   help="registered model (default: vae)")
+    p.add_argument("--model", default="vae", metavar="NAME|MODULE:BUILDER",
+                   help=f"a registered model ({', '.join(sorted(MODEL_CONFIGS))}; default: vae), "
+                        "an installed 'lvm_pyro.models' entry point, or a builder path "
+                        "package.module:build with build(config, event_shape) -> (model, guide)")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a field of a user model's configuration, VALUE read as JSON "
+                        "(repeatable; keys that are no field go into UserModelConfig.options)")
     p.add_argument("--elbo", default="trace", choices=sorted(OBJECTIVE_CONFIGS),
                    help="training objective (default: trace)")
     add_config_arguments(p, [DataConfig], title="data")

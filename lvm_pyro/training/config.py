@@ -40,9 +40,9 @@ from ..data.datasets import DATASET_LEVELS, DATASETS
 __all__ = ["ConfigError", "DATA_DEFAULTS", "DataDefaults", "TRANSFORMS", "ModelConfig",
            "VAEConfig", "VQVAEConfig", "SBNConfig", "ObjectiveConfig", "TraceConfig",
            "MeanFieldConfig", "IWAEConfig", "VIMCOConfig", "TraceGraphConfig", "DataConfig",
-           "TrainConfig", "RunConfig", "PriorConfig", "DiagnoseConfig", "MODEL_CONFIGS", "OBJECTIVE_CONFIGS",
+           "TrainConfig", "RunConfig", "UserModelConfig", "PriorConfig", "DiagnoseConfig", "MODEL_CONFIGS", "OBJECTIVE_CONFIGS",
            "RECORD_KEYS", "default_transform", "add_config_arguments",
-           "config_from_namespace", "option", "given_options"]
+           "config_from_namespace", "model_arguments", "option", "given_options"]
 
 
 class ConfigError(ValueError):
@@ -258,6 +258,46 @@ class SBNConfig(ModelConfig):
         _integer(self, "num_hidden", 0)
         _choice(self, "activation", ("tanh", "relu", "elu", "gelu"))
         _choice(self, "baselines", (True, False), allow_none=True)
+
+
+@dataclass(frozen=True)
+class UserModelConfig(ModelConfig):
+    """Configuration of a user's model loaded by path (``lvm-pyro fit --model
+    package.module:build``) whose module exports no ``CONFIG`` dataclass of its own: the
+    usual sizes plus a free JSON-able dict ``options`` (``--model-arg key=value``, the value
+    read as JSON, else kept as a string). The builder receives an instance and reads
+    ``config.z_dim``, ``config.hidden_dim``, ``config.likelihood`` and
+    ``config.options.get(...)``.
+
+    Raises:
+        ConfigError: a field out of range, or ``options`` not a JSON-able dict with
+            string keys.
+    """
+
+    name: ClassVar[str] = ""
+    z_dim: Optional[int] = option(None, "latent size (default: DATA_DEFAULTS, 10 on digits, "
+                                        "50 otherwise)")
+    hidden_dim: int = option(200, "width of each hidden layer")
+    likelihood: str = option("bernoulli", "observation model p(x | z)")
+    options: dict = field(default_factory=dict, metadata={
+        "help": "free options of a user model (--model-arg key=value)", "cli": False})
+
+    def __post_init__(self) -> None:
+        import json
+
+        _integer(self, "z_dim", 1, allow_none=True)
+        _integer(self, "hidden_dim", 1)
+        _likelihood(self)
+        if not isinstance(self.options, dict) or not all(isinstance(k, str) for k in self.options):
+            raise ConfigError("options", f"must be a dict with string keys, got {self.options!r}")
+        try:
+            json.dumps(self.options, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ConfigError("options", f"must be JSON-able ({e})") from None
+
+    def __hash__(self) -> int:  # frozen, but ``options`` is a dict
+        return hash((type(self), self.z_dim, self.hidden_dim, self.likelihood,
+                     tuple(sorted(self.options))))
 
 
 # -- objectives ---------------------------------------------------------------------
@@ -479,6 +519,12 @@ OBJECTIVE_CONFIGS: dict[str, type] = {}
 
 
 def _model_cls(name: str) -> type:
+    if name not in MODEL_CONFIGS and isinstance(name, str):
+        # a builder path "package.module:build" or an installed entry point registers
+        # itself on first use (lvm_pyro.training.builders.resolve_model)
+        from .builders import resolve_model
+
+        resolve_model(name)
     if name not in MODEL_CONFIGS:
         raise ConfigError("model", f"must be a registered model ({', '.join(sorted(MODEL_CONFIGS))}); "
                                    f"got {name!r}")
@@ -657,8 +703,45 @@ def config_from_namespace(ns: argparse.Namespace) -> RunConfig:
         ConfigError: a flag that does not apply to the chosen model / objective, or an
             invalid value.
     """
+    model_cls = _model_cls(getattr(ns, "model", "vae"))  # a user model registers itself here
     classes = [*MODEL_CONFIGS.values(), *OBJECTIVE_CONFIGS.values(), DataConfig, TrainConfig]
     values = given_options(ns, classes)
     values["model"] = getattr(ns, "model", "vae")
     values["elbo"] = getattr(ns, "elbo", "trace")
+    values.update(model_arguments(getattr(ns, "model_arg", None) or [], model_cls))
     return RunConfig.from_dict(values, strict=True)
+
+
+def model_arguments(pairs: Iterable[str], model_cls: type) -> dict[str, Any]:
+    """Flat config values from ``--model-arg key=value`` pairs: each value is read as JSON
+    (``3``, ``0.5``, ``true``, ``[1, 2]``, ``"text"``), else kept as a string. A key that is
+    a field of ``model_cls`` sets that field; any other key goes into the ``options`` dict
+    of a :class:`UserModelConfig`.
+
+    Raises:
+        ConfigError: a pair without ``=``, or a key that is not a field of a model
+            configuration without ``options``.
+    """
+    import json
+
+    names = set(_field_names(model_cls))
+    out: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, eq, text = pair.partition("=")
+        if not eq or not key:
+            raise ConfigError("model_arg", f"must be KEY=VALUE, got {pair!r}")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        if key in names and key != "options":
+            out[key] = value
+        elif "options" in names:
+            options[key] = value
+        else:
+            raise ConfigError("model_arg", f"{key!r} is not a field of {model_cls.__name__} "
+                                           f"({', '.join(sorted(names))})")
+    if options:
+        out["options"] = options
+    return out

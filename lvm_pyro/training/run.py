@@ -19,7 +19,7 @@ import torch
 
 from ..data import Binarizer, binarize_test, dequantize_test, load_dataset
 from ..data.datasets import DATASET_LEVELS
-from ..inference import elbo_per_datapoint, log_marginal_likelihood
+from ..inference import elbo_parts, log_marginal_likelihood
 from ..inference.evaluation import BitsPerDimOffset, bits_per_dim_offset, nll_report
 from ..inference.program import trace_guide_then_model
 from .builders import as_run_config, build_callbacks, build_metrics, build_model, build_objective
@@ -249,11 +249,16 @@ def load_run(run_dir: str | Path, device: Optional[str] = None,
 
 def evaluate_run(run_dir: str | Path, *, num_samples: int = 1000, num_test: Optional[int] = None,
                  batch_size: int = 100, model=None, guide=None, config=None,
-                 progress: bool = False, data_root: Optional[str | Path] = None) -> dict:
-    """Test ELBO and importance-sampled test NLL of a run.
+                 progress: bool = False, data_root: Optional[str | Path] = None,
+                 seed: int = 0) -> dict:
+    """Test ELBO and importance-sampled test NLL of a run, seeded: Pyro's RNGs are set
+    to ``seed`` (>= 0, recorded as ``seed``) first, so two evaluations give the same
+    numbers.
 
     Returns a dict with ``test_elbo`` (mean per-datapoint ELBO, nats, one sample per
-    point), ``test_nll`` (mean -log p(x) plus the offset of :func:`test_bits_offset`,
+    point), ``test_reconstruction`` (mean E_q log p(x | z), nats, same draws),
+    ``test_kl`` (mean KL(q(z | x) || p(z)), nats; ``test_kl_method`` says whether in
+    closed form or Monte Carlo, :func:`lvm_pyro.inference.elbo_parts`), ``seed``, ``test_nll`` (mean -log p(x) plus the offset of :func:`test_bits_offset`,
     nats per example, ``num_samples`` importance samples with the guide as proposal),
     ``test_nll_se`` (standard error over test points), ``test_bits_per_dim`` (``None``
     when the NLL bounds no discrete code length), ``test_nll_density`` (without the
@@ -268,19 +273,25 @@ def evaluate_run(run_dir: str | Path, *, num_samples: int = 1000, num_test: Opti
         raise ConfigError("num_samples", f"must be >= 1, got {num_samples}")
     if num_test is not None and num_test < 1:
         raise ConfigError("num_test", f"must be >= 1, got {num_test}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError("seed", f"must be an integer >= 0, got {seed!r}")
     if model is None:
         model, guide, config, _ = load_run(run_dir, data_root=data_root)
     config = as_run_config(config)
     x = prepare_data(config, "test", config.train.device)
     if num_test is not None:
         x = x[:num_test]
-    elbos, logps = [], []
+    pyro.set_rng_seed(seed)
+    elbos, logps, recs, kls = [], [], [], []
     t0 = time.perf_counter()
     starts = progress_iter(range(0, len(x), batch_size), f"evaluating (K={num_samples})",
                            total=math.ceil(len(x) / batch_size), enabled=progress)
     for start in starts:
         xb = x[start:start + batch_size]
-        elbos.append(elbo_per_datapoint(model, guide, xb, num_samples=1))
+        parts = elbo_parts(model, guide, xb, num_samples=1)
+        elbos.append(parts.elbo)
+        recs.append(parts.reconstruction)
+        kls.append(parts.kl)
         logps.append(log_marginal_likelihood(model, guide, xb, num_samples=num_samples))
     elbo = torch.cat(elbos)
     r = nll_report(torch.cat(logps), test_bits_offset(config, x))
@@ -289,11 +300,13 @@ def evaluate_run(run_dir: str | Path, *, num_samples: int = 1000, num_test: Opti
         mode, "fixed Bernoulli draw, seed 0")
     metrics = {
         "test_elbo": float(elbo.mean()), "test_elbo_se": float(elbo.std() / math.sqrt(len(elbo))),
+        "test_reconstruction": float(torch.cat(recs).mean()),
+        "test_kl": float(torch.cat(kls).mean()), "test_kl_method": parts.kl_method,
         "test_nll": r.nll, "test_nll_se": r.nll_se, "test_bits_per_dim": r.bits_per_dim,
         "test_nll_density": r.nll_density if r.offset_nats != 0.0 else None,
         "bits_per_dim_offset_nats": r.offset_nats, "nll_note": r.note,
         "num_test_points": r.num_points,
-        "num_importance_samples": num_samples, "num_seeds": 1,
+        "num_importance_samples": num_samples, "num_seeds": 1, "seed": seed,
         "test_binarization": test_binarization, "train_binarization": mode,
         "eval_seconds": time.perf_counter() - t0, "versions": _versions(),
         "config": config.to_dict(),

@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Iterable, Mapping, NamedTuple, Optional
 
 from ..data.datasets import DATASET_LEVELS, DATASETS
 
-__all__ = ["ConfigError", "DATA_DEFAULTS", "DataDefaults", "TRANSFORMS", "ModelConfig",
+__all__ = ["ConfigError", "DATA_DEFAULTS", "FILE_DEFAULTS", "DataDefaults", "TRANSFORMS", "ModelConfig",
            "VAEConfig", "VQVAEConfig", "SBNConfig", "ObjectiveConfig", "TraceConfig",
            "MeanFieldConfig", "IWAEConfig", "VIMCOConfig", "TraceGraphConfig", "DataConfig",
            "TrainConfig", "RunConfig", "UserModelConfig", "PriorConfig", "DiagnoseConfig", "MODEL_CONFIGS", "OBJECTIVE_CONFIGS",
@@ -75,6 +75,9 @@ DATA_DEFAULTS: dict[str, DataDefaults] = {
     "mnist": DataDefaults(z_dim=50, epochs=10),
     "dsprites": DataDefaults(z_dim=10, epochs=20),  # beta-VAE papers use 10 latents
 }
+
+#: defaults for a user's data file or folder (``--data PATH``)
+FILE_DEFAULTS = DataDefaults(z_dim=10, epochs=20)
 
 #: training-data transforms (per epoch); the test split gets the matching fixed one
 TRANSFORMS = ("dynamic", "static", "none", "dequantize")
@@ -406,7 +409,9 @@ class DataConfig:
         ConfigError: unknown data set or transform; ``data_root`` with the bundled digits.
     """
 
-    data: str = option("digits", "data set (digits is bundled with scikit-learn)", choices=DATASETS)
+    data: str = option("digits", "data set (" + ", ".join(DATASETS) + "; digits is bundled "
+                                 "with scikit-learn) or PATH: a .npy / .npz / .pt array (N, ...) "
+                                 "or a folder of images (recorded as an absolute path)")
     data_root: Optional[str] = option(None, "folder holding FashionMNIST/raw/ or MNIST/raw/ "
                                             "(recorded as an absolute path)")
     binarization: Optional[str] = option(
@@ -414,14 +419,32 @@ class DataConfig:
               "likelihoods), none, or uniform dequantisation (continuous likelihoods); default "
               "from the likelihood: bernoulli dynamic, continuous dequantize, other none",
         choices=TRANSFORMS)
+    split_seed: int = option(0, "seed of the train / test split of a --data PATH")
+    test_fraction: float = option(0.2, "test share of a --data PATH, in (0, 1)")
+
+    @property
+    def is_file(self) -> bool:
+        """Whether ``data`` is a user's file or folder rather than a named data set."""
+        return self.data not in DATASETS
 
     def __post_init__(self) -> None:
-        _choice(self, "data", DATASETS)
+        if not isinstance(self.data, str) or not self.data:
+            raise ConfigError("data", f"must be a data set name or a path, got {self.data!r}")
+        if self.data not in DATASETS:
+            path = Path(self.data).expanduser()
+            if not path.exists():
+                raise ConfigError("data", f"is neither a data set ({', '.join(DATASETS)}) nor "
+                                          f"an existing file or folder: {self.data!r}")
+            object.__setattr__(self, "data", str(path.resolve()))
         _choice(self, "binarization", TRANSFORMS, allow_none=True)
+        _integer(self, "split_seed", 0)
+        _interval(self, "test_fraction", 0.0, 1.0, high_open=True)
+        if self.test_fraction == 0.0:
+            raise ConfigError("test_fraction", "must be in (0, 1), got 0.0")
         if self.data_root is not None:
-            if self.data == "digits":
-                raise ConfigError("data_root", "does not apply to the bundled digits (it is "
-                                               "for fashion-mnist and mnist)")
+            if self.data == "digits" or self.is_file:
+                raise ConfigError("data_root", "does not apply to the bundled digits or a data "
+                                               "path (it is for fashion-mnist and mnist)")
             object.__setattr__(self, "data_root", str(Path(self.data_root).expanduser().resolve()))
 
 
@@ -556,13 +579,13 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        defaults = DATA_DEFAULTS[self.data.data]
+        defaults = DATA_DEFAULTS.get(self.data.data, FILE_DEFAULTS)
         model_fields = set(_field_names(type(self.model)))
         repl: dict[str, Any] = {}
         if "z_dim" in model_fields and self.model.z_dim is None:
             repl["z_dim"] = defaults.z_dim
         if "num_levels" in model_fields and self.model.num_levels is None:
-            repl["num_levels"] = DATASET_LEVELS[self.data.data]
+            repl["num_levels"] = DATASET_LEVELS.get(self.data.data, 256)
         if "baselines" in model_fields and self.model.baselines is None:
             repl["baselines"] = self.objective.name == "tracegraph"
         if repl:
@@ -570,7 +593,10 @@ class RunConfig:
         if self.train.epochs is None:
             object.__setattr__(self, "train", dataclasses.replace(self.train, epochs=defaults.epochs))
         if self.data.binarization is None:
-            transform = default_transform(getattr(self.model, "likelihood", None))
+            likelihood = getattr(self.model, "likelihood", None)
+            transform = default_transform(likelihood)
+            if self.data.is_file and transform == "dequantize":
+                transform = "none"  # real-valued user data: no pixel levels to dequantise
             object.__setattr__(self, "data", dataclasses.replace(self.data, binarization=transform))
 
     @property
@@ -621,7 +647,7 @@ class RunConfig:
         for g in (*MODEL_CONFIGS.values(), *OBJECTIVE_CONFIGS.values()):
             for f in _fields(g):
                 others.setdefault(f.name, []).append(f.default)
-        data_defaults = DATA_DEFAULTS.get(values.get("data", "digits"), DATA_DEFAULTS["digits"])
+        data_defaults = DATA_DEFAULTS.get(values.get("data", "digits"), FILE_DEFAULTS)
         for g in (*MODEL_CONFIGS.values(), *OBJECTIVE_CONFIGS.values()):
             for f in _fields(g):
                 if f.default is None and f.name in data_defaults._fields:  # resolved per data set

@@ -127,8 +127,10 @@ class Trainer:
             ``state_dict()`` / ``load_state_dict()``, when it has them, are checkpointed,
             and the parameter-discovery pass restores its state after using it.
         binarization: shorthand for ``transform=Binarizer(binarization, seed + 1)``:
-            ``"dynamic"`` (the default when neither is given) | ``"static"`` | ``"none"``
-            | ``"dequantize"`` (256 levels), or a ``Binarizer``.
+            ``"dynamic"`` | ``"static"`` | ``"none"`` | ``"dequantize"`` (256 levels), or
+            a ``Binarizer``. When neither is given it follows the model's likelihood:
+            ``"none"`` for a model whose ``likelihood`` is continuous (``discrete`` False,
+            e.g. Gaussian), else ``"dynamic"``.
         checkpoint_path: file written atomically at the end of every epoch (or ``None``).
         config: JSON-able run configuration stored in the checkpoint and compared on
             resume (a mismatch raises :class:`CheckpointError`).
@@ -180,7 +182,7 @@ class Trainer:
         self._model, self._guide = adapt_program(model), adapt_program(guide)
         self.lr, self.batch_size, self.seed = float(lr), int(batch_size), int(seed)
         if transform is None:
-            binarization = "dynamic" if binarization is None else binarization
+            binarization = _default_binarization(model) if binarization is None else binarization
             transform = (binarization if isinstance(binarization, Binarizer)
                          else Binarizer(binarization, seed + 1))
         elif not callable(transform):
@@ -494,6 +496,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return float(loss)
+
+
+def _default_binarization(model: Any) -> str:
+    """The training-data transform that follows the model's likelihood: ``"none"`` when
+    the model has a ``likelihood`` that is not discrete (a Gaussian: real-valued data,
+    never binarised), else ``"dynamic"`` binarisation (Bernoulli pixels)."""
+    likelihood = getattr(model, "likelihood", None)
+    if likelihood is not None and getattr(likelihood, "discrete", True) is False:
+        return "none"
+    return "dynamic"
 
 
 def _referenced_modules(fn: Any, who: str) -> dict[str, torch.nn.Module]:

@@ -26,12 +26,14 @@ from .builders import as_run_config, build_callbacks, build_metrics, build_model
 from .checkpoint import CheckpointError, load_checkpoint, restore_params
 from .config import ConfigError, RunConfig
 from .loop import Trainer
-from .pictures import prior_samples, save_grid, save_loss_curve, save_reconstructions
+from .pictures import (prior_draws, prior_samples, save_grid, save_loss_curve, save_reconstructions,
+                       save_scatter)
 from .progress import progress_iter
 from .rundir import (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, prepare_run_dir, read_json,
                      write_json)
 
 __all__ = ["Run", "load_run", "train_run", "evaluate_run", "sample_run", "prepare_data",
+           "load_run_data",
            "test_bits_offset", "read_run_config"]
 
 _write_json = write_json  # the name fit-prior and diagnose import
@@ -58,7 +60,7 @@ def prepare_data(config: RunConfig | Mapping, split: str, device: torch.device |
         DatasetNotFoundError: see :func:`lvm_pyro.data.load_dataset`.
     """
     cfg = as_run_config(config)
-    ds = load_dataset(cfg.data.data, split, cfg.data.data_root)
+    ds = load_run_data(cfg, split)
     x = ds.images
     mode = cfg.data.binarization
     if split == "test" and mode == "dequantize":
@@ -67,6 +69,23 @@ def prepare_data(config: RunConfig | Mapping, split: str, device: torch.device |
         x = binarize_test(x, seed=0)
     x = x.to(device)
     return (x, ds.source) if with_source else x
+
+
+def load_run_data(config: RunConfig | Mapping, split: str):
+    """One split of a run's data: a named data set (:func:`lvm_pyro.data.load_dataset`)
+    or a user's file / image folder (:func:`lvm_pyro.data.files.load_data_file`, split by
+    ``split_seed`` and ``test_fraction``), untransformed.
+
+    Raises:
+        DatasetNotFoundError, ValueError: see those functions.
+    """
+    from ..data.files import load_data_file
+
+    cfg = as_run_config(config)
+    if cfg.data.is_file:
+        return load_data_file(cfg.data.data, split, split_seed=cfg.data.split_seed,
+                              test_fraction=cfg.data.test_fraction)
+    return load_dataset(cfg.data.data, split, cfg.data.data_root)
 
 
 def test_bits_offset(config: RunConfig | Mapping, x: torch.Tensor) -> BitsPerDimOffset:
@@ -80,7 +99,7 @@ def test_bits_offset(config: RunConfig | Mapping, x: torch.Tensor) -> BitsPerDim
     mode = cfg.data.binarization
     name = getattr(cfg.model, "likelihood", None)
     discrete = (mode != "dequantize") if name is None else bool(LIKELIHOODS[name].discrete)
-    return bits_per_dim_offset(discrete, mode, DATASET_LEVELS[cfg.data.data],
+    return bits_per_dim_offset(discrete, mode, DATASET_LEVELS.get(cfg.data.data, 256),
                                int(math.prod(x.shape[1:])))
 
 
@@ -187,7 +206,7 @@ def train_run(config: RunConfig | Mapping, out: str | Path, *, resume: bool = Fa
         model.to(device)
     if isinstance(guide, torch.nn.Module):
         guide.to(device)
-    levels = DATASET_LEVELS[config.data.data]
+    levels = DATASET_LEVELS.get(config.data.data, 256)
     seed = config.train.seed
     trainer = Trainer(model, guide, elbo, lr=config.train.lr,
                       batch_size=config.train.batch_size, seed=seed,
@@ -230,7 +249,7 @@ def load_run(run_dir: str | Path, device: Optional[str] = None,
         cfg = cfg.replace(data_root=str(data_root))
     config = cfg.to_dict()
     payload = load_checkpoint(run_dir / CHECKPOINT_FILE, map_location=config["device"])
-    ds = load_dataset(cfg.data.data, "test", cfg.data.data_root)
+    ds = load_run_data(cfg, "test")
     x = ds.images[:2].to(config["device"])
     if cfg.data.binarization not in ("none", "dequantize"):
         x = binarize_test(x)
@@ -320,7 +339,9 @@ def sample_run(run_dir: str | Path, *, num_samples: int = 64, model=None, guide=
                data_root: Optional[str | Path] = None) -> dict[str, Path]:
     """Write ``samples.png`` (decoder means at prior draws) and ``reconstructions.png``
     (test originals above reconstructions) into ``out_dir`` (default: the run
-    directory); for a VQ-VAE run with a code prior fitted by ``lvm-pyro fit-prior`` also
+    directory); for 2-D vector data (event shape (2,)) ``samples.png`` is instead a scatter
+    of test data and draws x ~ p(x) of the program, and other non-image data get no
+    pictures; for a VQ-VAE run with a code prior fitted by ``lvm-pyro fit-prior`` also
     ``prior_samples.png`` and ``prior_vs_reconstructions.png``
     (:mod:`lvm_pyro.training.prior_stage`).
 
@@ -336,7 +357,13 @@ def sample_run(run_dir: str | Path, *, num_samples: int = 64, model=None, guide=
     if model is None:
         model, guide, config, _ = load_run(run_dir, data_root=data_root)
     config = as_run_config(config)
-    x = prepare_data(config, "test", config.train.device)[:num_samples]
+    x = prepare_data(config, "test", config.train.device)
+    if x.dim() == 2 and x.shape[1] == 2:  # 2-D data: a scatter of data vs model samples
+        draws = prior_draws(model, x[:max(num_samples, 500)])
+        return {"samples": save_scatter(x[:max(num_samples, 500)], draws, out_dir / "samples.png")}
+    if x.dim() != 4:  # no picture for other non-image data
+        return {}
+    x = x[:num_samples]
     out = {"samples": save_grid(prior_samples(model, x), out_dir / "samples.png"),
            "reconstructions": save_reconstructions(model, guide, x[:32], out_dir / "reconstructions.png")}
     from .prior_stage import prior_is_current, save_prior_samples

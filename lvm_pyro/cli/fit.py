@@ -47,6 +47,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     g.add_argument("--force", action="store_true", help="replace a run already in --out")
+    p.add_argument("--logger", default="none", choices=("none", "tensorboard"),
+                   help="tensorboard: per-epoch train loss, test ELBO / NLL, KL per latent "
+                        "dimension, sample and reconstruction grids under OUT/tensorboard/ "
+                        "(default: none)")
     p.add_argument("--no-progress", action="store_true")
     add_threads(p)
 
@@ -58,7 +62,7 @@ def run(a: argparse.Namespace) -> int:
 
     config = config_from_namespace(a)
     m = train_run(config, a.out, resume=a.resume, overwrite=a.force, progress=not a.no_progress,
-                  num_samples=a.num_samples, num_test=a.num_test,
+                  num_samples=a.num_samples, num_test=a.num_test, logger=a.logger,
                   log=lambda msg: print(f"lvm-pyro: {msg}", file=sys.stderr))
     out = Path(a.out)
     print(nll_line(m))

@@ -26,11 +26,12 @@ from .vimco import VIMCO
 
 __all__ = [
     "AmortizationGap", "BiasedGradientWarning", "BitsPerDimOffset", "ConstantSchedule",
-    "CyclicalSchedule", "FreeBits_ELBO", "GradientStats", "IWAE_ELBO", "ImportanceEstimate",
+    "CyclicalSchedule", "ELBOParts", "FreeBits_ELBO", "GradientStats", "IWAE_ELBO", "ImportanceEstimate",
     "KLWeighted_ELBO", "LinearWarmup", "LogWeights", "NLLReport", "NLLSummary",
     "RepeatedEstimates", "Schedule", "ScoreFunctionGuide", "TCVAEForward", "TCVAE_ELBO",
     "TC_ESTIMATORS", "VIMCO", "amortization_gap", "bits_per_dim", "bits_per_dim_offset",
-    "effective_sample_size", "elbo_per_datapoint", "elbo_parts", "ELBOParts", "fit_local_guide", "fixed_normal_proposal",
+    "effective_sample_size", "elbo_parts", "elbo_per_datapoint", "fit_local_guide",
+    "fixed_normal_proposal",
     "gradient_statistics", "guess_max_plate_nesting", "importance_estimate", "iter_log_weights",
     "log_importance_weight_matrix", "log_marginal_likelihood", "log_weights", "logmeanexp",
     "nll_report", "parameter_groups", "per_dimension_kl", "prior_proposal",

@@ -145,7 +145,8 @@ def read_run_config(run_dir: str | Path) -> tuple[RunConfig, dict]:
 
 def train_run(config: RunConfig | Mapping, out: str | Path, *, resume: bool = False,
               overwrite: bool = False, progress: bool = True, num_samples: int = 1000,
-              num_test: Optional[int] = None, log: Optional[Callable[[str], None]] = None) -> dict:
+              num_test: Optional[int] = None, log: Optional[Callable[[str], None]] = None,
+              logger: str = "none") -> dict:
     """Train a model from ``config`` into run directory ``out``, then evaluate and draw.
 
     Args:
@@ -159,6 +160,9 @@ def train_run(config: RunConfig | Mapping, out: str | Path, *, resume: bool = Fa
         num_samples: K importance samples for the test NLL.
         num_test: evaluate on the first ``num_test`` test points (all when ``None``).
         log: callable for notices (``None``: silent).
+        logger: ``"tensorboard"`` writes per-epoch scalars and grids under
+            ``out/tensorboard/`` (:class:`~lvm_pyro.training.tensorboard.TensorBoardLogger`,
+            on the first 200 test points, K = 100); ``"none"`` (default) writes nothing.
 
     Returns:
         the metrics dict also written to ``out/metrics.json``.
@@ -168,8 +172,12 @@ def train_run(config: RunConfig | Mapping, out: str | Path, *, resume: bool = Fa
         CheckpointError: resuming with a different configuration.
         ConfigError, ValueError: bad configuration or evaluation settings.
     """
+    from .tensorboard import LOGGERS, TensorBoardLogger
+
     config = as_run_config(config)
     out = Path(out)
+    if logger not in LOGGERS:
+        raise ConfigError("logger", f"must be one of {', '.join(LOGGERS)}; got {logger!r}")
     if num_samples < 1:
         raise ConfigError("num_samples", f"must be >= 1, got {num_samples}")
     if num_test is not None and num_test < 1:
@@ -208,13 +216,23 @@ def train_run(config: RunConfig | Mapping, out: str | Path, *, resume: bool = Fa
         guide.to(device)
     levels = DATASET_LEVELS.get(config.data.data, 256)
     seed = config.train.seed
+    callbacks = build_callbacks(config, model, guide)
+    board = None
+    if logger == "tensorboard":
+        board = TensorBoardLogger(out, model, guide,
+                                  prepare_data(config, "test", device)[:200], seed=seed)
+        callbacks.append(board)
     trainer = Trainer(model, guide, elbo, lr=config.train.lr,
                       batch_size=config.train.batch_size, seed=seed,
                       binarization=Binarizer(config.data.binarization, seed + 1, levels),
                       checkpoint_path=out / CHECKPOINT_FILE,
                       config={k: v for k, v in flat.items() if k not in ("epochs", "data_root")},
-                      progress=progress, callbacks=build_callbacks(config, model, guide))
-    history = trainer.fit(x_train, config.train.epochs, resume=resume)
+                      progress=progress, callbacks=callbacks)
+    try:
+        history = trainer.fit(x_train, config.train.epochs, resume=resume)
+    finally:
+        if board is not None:
+            board.close()
     train_seconds = time.perf_counter() - t0
     save_loss_curve(history, out / "loss_curve.png")
     metrics = evaluate_run(out, num_samples=num_samples, num_test=num_test,

@@ -66,6 +66,8 @@ def run(a: argparse.Namespace) -> int:
                   log=lambda msg: print(f"lvm-pyro: {msg}", file=sys.stderr))
     out = Path(a.out)
     print(nll_line(m))
-    print(f"pictures: {out / 'samples.png'}, {out / 'reconstructions.png'}, {out / 'loss_curve.png'}")
+    pictures = [out / n for n in ("samples.png", "reconstructions.png", "loss_curve.png")
+                if (out / n).exists()]
+    print(f"pictures: {', '.join(map(str, pictures))}")
     print(f"metrics: {out / 'metrics.json'}")
     return 0

@@ -194,7 +194,9 @@ def _model_config(config: Any, cls: type) -> Any:
 def build_vae(config: VAEConfig | Mapping, event_shape: Sequence[int]):
     """VAE with an MLP (``network="mlp"``: ``num_hidden`` tanh layers of ``hidden_dim``,
     the IWAE paper's one-stochastic-layer net with 2 x 200 and z_dim 50) or a small conv
-    net (``network="conv"``).
+    net (``network="conv"``). ``likelihood="gaussian_full"`` (vector data only) decodes a
+    full-covariance Gaussian from its Cholesky factor
+    (:class:`~lvm_pyro.models.likelihoods.FullCovarianceGaussianLikelihood`).
 
     Args:
         config: a :class:`~lvm_pyro.training.config.VAEConfig` (or a flat mapping).
@@ -202,7 +204,14 @@ def build_vae(config: VAEConfig | Mapping, event_shape: Sequence[int]):
     """
     cfg = _model_config(config, VAEConfig)
     z_dim = cfg.z_dim
-    lik = make_likelihood(cfg.likelihood)
+    if cfg.likelihood == "gaussian_full":  # full covariance over vector data (D,)
+        if len(event_shape) != 1 or cfg.network != "mlp":
+            raise ConfigError("likelihood", f"gaussian_full needs vector data (event shape "
+                                            f"(D,)) and --network mlp; got event shape "
+                                            f"{tuple(event_shape)}, network {cfg.network}")
+        lik = make_likelihood(cfg.likelihood, dim=event_shape[0])
+    else:
+        lik = make_likelihood(cfg.likelihood)
     hidden = [cfg.hidden_dim] * cfg.num_hidden
     act = cfg.activation
     event_shape = tuple(event_shape)

@@ -36,6 +36,8 @@ def test_fit_2d_gaussian_data_nll_matches_the_true_density(tmp_path, capsys):
     assert "test NLL" in printed and "test ELBO" in printed
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["binarization"] == "none" and cfg["data"] == str(path.resolve())
+    assert cfg["split_seed"] == 0 and cfg["test_fraction"] == 0.2
+    assert "split_seed" not in RunConfig().to_dict()  # only for a data path
     m = json.loads((out / "metrics.json").read_text())
     x = load_data_file(path, "test").images.double()
     assert len(x) == m["num_test_points"] == 1200

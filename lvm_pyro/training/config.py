@@ -613,13 +613,16 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """One flat JSON-able dict: ``model``, the model's fields, ``elbo``, the
         objective's fields, then data and training fields. Only fields that apply to the
-        run; ``data_root`` only when set."""
+        run; ``data_root`` only when set, ``split_seed`` / ``test_fraction`` only for a
+        data path."""
         out: dict[str, Any] = {"model": self.model_name, "elbo": self.objective_name}
         for group in self.groups():
             for f in _fields(type(group)):
                 v = getattr(group, f.name)
                 if f.name == "data_root" and v is None:
                     continue
+                if f.name in ("split_seed", "test_fraction") and not self.data.is_file:
+                    continue  # the split of a --data PATH only
                 out[f.name] = v
         return out
 

@@ -48,10 +48,12 @@ def test_nuts_recovers_exact_posterior(problem):
 
 def test_guide_comparison_separates_exact_from_biased(problem):
     m, x, ref = problem
-    exact = compare_to_reference(ref, m, LinearGaussianPosteriorGuide(m), x, num_samples=400)
-    biased = compare_to_reference(ref, m, LinearGaussianPosteriorGuide(m, loc_shift=0.5,
-                                                                        scale_factor=0.5),
-                                  x, num_samples=400)
+    exact = compare_to_reference(m, LinearGaussianPosteriorGuide(m), x, ref, num_samples=400)
+    biased = compare_to_reference(m, LinearGaussianPosteriorGuide(m, loc_shift=0.5,
+                                                                  scale_factor=0.5),
+                                  x, ref, num_samples=400)
+    with pytest.raises(TypeError, match=r"\(model, guide, x, reference\)"):  # the old order
+        compare_to_reference(ref, m, LinearGaussianPosteriorGuide(m), x)
     _, cov = m.posterior(x)
     assert bool((exact.mean_error.abs() < 0.5).all())
     assert bool(((exact.sd_ratio - 1).abs() < 0.25).all())

@@ -18,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-samples", type=int, default=5000,
                    help="importance samples K per test point (default: 5000)")
     p.add_argument("--num-test", type=int, default=None, help="first N test points (all if omitted)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the importance samples (default: 0; recorded in evaluation.json)")
     add_data_root(p)
     add_threads(p)
 
@@ -27,7 +29,7 @@ def run(a: argparse.Namespace) -> int:
     from ..training.run import evaluate_run
 
     m = evaluate_run(a.run_dir, num_samples=a.num_samples, num_test=a.num_test, progress=True,
-                     data_root=a.data_root)
+                     data_root=a.data_root, seed=a.seed)
     path = Path(a.run_dir) / "evaluation.json"
     write_json(path, m)
     print(f"{nll_line(m)}; written to {path}")

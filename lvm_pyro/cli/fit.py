@@ -25,8 +25,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..training.config import (MODEL_CONFIGS, OBJECTIVE_CONFIGS, DataConfig, TrainConfig,
                                    add_config_arguments)
 
-    p.add_argument("--model", default="vae", choices=sorted(MODEL_CONFIGS),
-                   help="registered model (default: vae)")
+    p.add_argument("--model", default="vae", metavar="NAME|MODULE:BUILDER",
+                   help=f"a registered model ({', '.join(sorted(MODEL_CONFIGS))}; default: vae), "
+                        "an installed 'lvm_pyro.models' entry point, or a builder path "
+                        "package.module:build with build(config, event_shape) -> (model, guide)")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a field of a user model's configuration, VALUE read as JSON "
+                        "(repeatable; keys that are no field go into UserModelConfig.options)")
     p.add_argument("--elbo", default="trace", choices=sorted(OBJECTIVE_CONFIGS),
                    help="training objective (default: trace)")
     add_config_arguments(p, [DataConfig], title="data")
@@ -42,6 +47,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     g.add_argument("--force", action="store_true", help="replace a run already in --out")
+    p.add_argument("--logger", default="none", choices=("none", "tensorboard"),
+                   help="tensorboard: per-epoch train loss, test ELBO / NLL, KL per latent "
+                        "dimension, sample and reconstruction grids under OUT/tensorboard/ "
+                        "(default: none)")
     p.add_argument("--no-progress", action="store_true")
     add_threads(p)
 
@@ -53,10 +62,12 @@ def run(a: argparse.Namespace) -> int:
 
     config = config_from_namespace(a)
     m = train_run(config, a.out, resume=a.resume, overwrite=a.force, progress=not a.no_progress,
-                  num_samples=a.num_samples, num_test=a.num_test,
+                  num_samples=a.num_samples, num_test=a.num_test, logger=a.logger,
                   log=lambda msg: print(f"lvm-pyro: {msg}", file=sys.stderr))
     out = Path(a.out)
     print(nll_line(m))
-    print(f"pictures: {out / 'samples.png'}, {out / 'reconstructions.png'}, {out / 'loss_curve.png'}")
+    pictures = [out / n for n in ("samples.png", "reconstructions.png", "loss_curve.png")
+                if (out / n).exists()]
+    print(f"pictures: {', '.join(map(str, pictures))}")
     print(f"metrics: {out / 'metrics.json'}")
     return 0

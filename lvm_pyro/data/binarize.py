@@ -25,7 +25,10 @@ def _check_intensities(x: torch.Tensor, what: str) -> None:
         raise ValueError(f"{what}: the data holds {int(nan.sum())} NaN value(s) (first at index "
                          f"{first}); drop or repair those pixels first")
     if bool((x < 0).any()) or bool((x > 1).any()):
-        raise ValueError(f"{what} needs intensities in [0, 1]; rescale the data first")
+        raise ValueError(f"{what} needs intensities in [0, 1], got values in "
+                         f"[{float(x.min()):.4g}, {float(x.max()):.4g}]: for pixel data rescale "
+                         "the data first; for real-valued data use a continuous likelihood "
+                         "(--likelihood gaussian) without this transform (binarization 'none')")
 
 
 def binarize(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:

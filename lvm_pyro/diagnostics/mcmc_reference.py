@@ -283,22 +283,32 @@ def _thin(z: torch.Tensor, n: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def compare_to_reference(reference: MCMCReference, model: Callable, guide: Callable,
-                         x: torch.Tensor, *, num_samples: Optional[int] = None,
+def compare_to_reference(model: Callable, guide: Callable, x: torch.Tensor,
+                         reference: MCMCReference, *, num_samples: Optional[int] = None,
                          latent: str = LATENT, max_points: int = 1000) -> GuideComparison:
-    """Compare the guide's draws with the NUTS reference of the same datapoints.
+    """Compare the guide's draws with the NUTS reference of the same datapoints. The
+    arguments come in the order of every diagnostic (``model, guide, x, ...``).
 
     Args:
-        reference: output of :func:`nuts_reference` on ``x``.
         model, guide: the pair (the guide draws come from the engine).
         x: (batch, ...) the datapoints of ``reference``.
+        reference: output of :func:`nuts_reference` on ``x``.
         num_samples: guide draws per datapoint (default: as many as NUTS draws in all).
         latent: latent site.
         max_points: draws per sample used in the O(n^2) energy distance (evenly thinned).
 
     Returns:
         :class:`GuideComparison`.
+
+    Raises:
+        TypeError: ``reference`` is not an :class:`MCMCReference` (e.g. the arguments in
+            the order ``(reference, model, guide, x)`` of earlier versions).
+        ValueError: ``reference`` and ``x`` have different numbers of datapoints.
     """
+    if isinstance(model, MCMCReference) or not isinstance(reference, MCMCReference):
+        raise TypeError("compare_to_reference takes (model, guide, x, reference), the "
+                        "argument order of every diagnostic; the reference is the output of "
+                        "nuts_reference, passed fourth")
     ref = reference.samples.double()  # (C, D, batch, *event)
     num_chains, num_draws, batch = ref.shape[:3]
     if batch != x.shape[0]:

@@ -8,12 +8,13 @@ from typing import Callable, Iterator, NamedTuple, Optional
 
 import torch
 
-from .log_weights import LogWeights, guess_max_plate_nesting, log_weights
-from .program import check_not_point_mass
+from .log_weights import (LogWeights, guess_max_plate_nesting, log_weights,
+                          site_log_prob_per_datapoint)
+from .program import check_not_point_mass, latent_sites, observed_sites
 
 __all__ = ["iter_log_weights", "log_marginal_likelihood", "elbo_per_datapoint", "NLLSummary", "summarize_nll",
            "bits_per_dim", "logmeanexp", "BitsPerDimOffset", "bits_per_dim_offset", "NLLReport",
-           "nll_report"]
+           "nll_report", "ELBOParts", "elbo_parts"]
 
 #: default number of (particle x datapoint x data-element) floats evaluated at once
 DEFAULT_ELEMENT_BUDGET = 2 ** 24
@@ -114,6 +115,85 @@ def elbo_per_datapoint(model: Callable, guide: Callable, x: torch.Tensor,
     ``num_samples`` draws (Kingma & Welling 2013, eq. 3). Returns (batch,), nats.
     Keyword arguments go to :func:`log_weights`."""
     return log_weights(model, guide, x, num_samples, **kwargs).log_w.mean(0)
+
+
+class ELBOParts(NamedTuple):
+    """The ELBO of each datapoint and its two parts (Kingma & Welling 2013, eq. 7:
+    ELBO = E_q[log p(x | z)] - KL(q(z | x) || p(z))), nats, each (batch,).
+
+    Attributes:
+        elbo: Monte-Carlo ELBO, mean over the draws of log p(x, z) - log q(z | x) (as
+            :func:`elbo_per_datapoint`).
+        reconstruction: E_q[log p(x | z)], Monte Carlo over the same draws (the
+            "distortion" is its negative).
+        kl: KL(q(z | x) || p(z)) (the "rate"): in closed form when ``kl_method`` is
+            ``"closed_form"``, else Monte Carlo, ``reconstruction - elbo`` on the same
+            draws.
+        kl_method: ``"closed_form"`` (one latent site whose q and p have a KL registered
+            with ``torch.distributions.kl_divergence``) or ``"monte_carlo"``.
+    """
+
+    elbo: torch.Tensor
+    reconstruction: torch.Tensor
+    kl: torch.Tensor
+    kl_method: str
+
+
+@torch.no_grad()
+def elbo_parts(model: Callable, guide: Callable, x: torch.Tensor, num_samples: int = 1,
+               **kwargs) -> ELBOParts:
+    """Per-datapoint ELBO split into expected log-likelihood and KL (Kingma & Welling
+    2013, eq. 7), for any model / guide pair following :mod:`lvm_pyro.sites`.
+
+    The KL is in closed form, KL(q(z | x_i) || p(z)) from
+    ``torch.distributions.kl_divergence``, when the programs have a single latent site
+    whose prior does not depend on anything drawn, and torch registers the pair; with
+    several latent sites (a hierarchy: p(z1 | z2) and q(z2 | z1) depend on draws) or no
+    registered KL it is the Monte-Carlo estimate E_q[log q(z | x) - log p(z)] over
+    ``num_samples`` draws. ``kl_method`` says which.
+
+    Args:
+        model, guide: Pyro programs; observed sites (``"x"``) form the reconstruction
+            term, latent sites the KL.
+        x: (batch, ...) observations.
+        num_samples: draws z ~ q(z | x_i) per datapoint, >= 1.
+        **kwargs: to :func:`~lvm_pyro.inference.log_weights` (``num_data``, ``idx``,
+            ``max_plate_nesting``, ``vectorize_particles``).
+
+    Returns:
+        :class:`ELBOParts`, tensors (batch,), nats.
+
+    Raises:
+        ValueError: ``num_samples < 1`` or any error of :func:`log_weights`.
+    """
+    from torch.distributions import kl_divergence
+
+    nesting = kwargs.pop("max_plate_nesting", None)
+    if nesting is None:
+        nesting = guess_max_plate_nesting(model, guide, x, kwargs.get("num_data"),
+                                          kwargs.get("idx"))
+    out = log_weights(model, guide, x, num_samples, max_plate_nesting=nesting, **kwargs)
+    mt, gt = out.model_trace, out.guide_trace
+    k, batch = out.log_w.shape
+    rec = None
+    for _, site in observed_sites(mt):
+        lp = site_log_prob_per_datapoint(site, k, batch, nesting)
+        rec = lp if rec is None else rec + lp
+    reconstruction = rec.mean(0)
+    elbo = out.log_w.mean(0)
+    latents = latent_sites(mt)
+    if len(latents) == 1:
+        name, psite = latents[0]
+        qfn, pfn = gt.nodes[name]["fn"], psite["fn"]
+        try:
+            shape = torch.broadcast_shapes(qfn.batch_shape, pfn.batch_shape)
+            kl = kl_divergence(qfn.expand(shape), pfn.expand(shape))
+        except (NotImplementedError, RuntimeError, ValueError):  # no closed form registered
+            kl = None
+        if kl is not None:
+            kl = site_log_prob_per_datapoint(psite, k, batch, nesting, log_prob=kl)
+            return ELBOParts(elbo, reconstruction, kl.mean(0), "closed_form")
+    return ELBOParts(elbo, reconstruction, reconstruction - elbo, "monte_carlo")
 
 
 class NLLSummary(NamedTuple):

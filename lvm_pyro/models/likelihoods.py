@@ -296,3 +296,64 @@ class DiscretizedLogisticLikelihood(Likelihood):
 
 LIKELIHOODS["discretized_logistic"] = DiscretizedLogisticLikelihood
 __all__ += ["DiscretizedLogisticLikelihood", "DiscretizedLogisticMixture"]
+
+
+# -- full-covariance Gaussian for vector data -----------------------------------------
+class FullCovarianceGaussianLikelihood(Likelihood):
+    """Gaussian vectors with a full covariance from its Cholesky factor:
+    x | z ~ N(loc, L L^T), for vector data of event shape (D,). params (..., 1 + D, D):
+    row 0 is ``loc``; rows 1..D hold L, whose strictly lower triangle is taken as it is
+    and whose diagonal is softplus(raw) + ``min_scale`` (positive, so L L^T is positive
+    definite). With the diagonal Gaussian, an MLP decoder can only express correlation
+    through z; this decoder expresses it in p(x | z) too.
+
+    Args:
+        dim: D, the size of one observation.
+        min_scale: lower bound on L's diagonal, > 0.
+
+    Raises:
+        ValueError: ``dim < 1`` or ``min_scale <= 0``; on use, data that are not
+            floating point or not finite, or an event shape other than (D,).
+    """
+
+    discrete = False
+    name = "gaussian_full"
+
+    def __init__(self, dim: int = 2, min_scale: float = 1e-3):
+        if int(dim) != dim or dim < 1:
+            raise ValueError(f"dim must be an integer >= 1, got {dim}")
+        if not min_scale > 0:
+            raise ValueError(f"min_scale must be > 0, got {min_scale}")
+        self.dim, self.min_scale = int(dim), float(min_scale)
+        self.num_params = 1 + self.dim
+
+    def scale_tril(self, params: torch.Tensor) -> torch.Tensor:
+        """L (..., D, D) from params (..., 1 + D, D)."""
+        raw = params[..., 1:, :]  # (..., D, D)
+        diag = F.softplus(torch.diagonal(raw, dim1=-2, dim2=-1)) + self.min_scale
+        return torch.tril(raw, diagonal=-1) + torch.diag_embed(diag)
+
+    def dist(self, params, event_ndim):
+        if event_ndim != 1 or params.shape[-2:] != (self.num_params, self.dim):
+            raise ValueError(f"gaussian_full needs vector data of event shape ({self.dim},) "
+                             f"and params (..., {self.num_params}, {self.dim}); got "
+                             f"{event_ndim} event dims, params {tuple(params.shape)}")
+        return dist.MultivariateNormal(params[..., 0, :], scale_tril=self.scale_tril(params),
+                                       validate_args=False)
+
+    def check_support(self, x, site="x"):
+        if not torch.is_floating_point(x):
+            raise ValueError(f"site '{site}': Gaussian likelihood needs floating-point data, "
+                             f"got {x.dtype}; convert with x.float()")
+        if x.dim() != 2 or x.shape[-1] != self.dim:
+            raise ValueError(f"site '{site}': gaussian_full needs vector data (batch, "
+                             f"{self.dim}), got {tuple(x.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"site '{site}': data contain NaN or infinite values")
+
+    def mean(self, params, event_ndim):
+        return params[..., 0, :]
+
+
+LIKELIHOODS["gaussian_full"] = FullCovarianceGaussianLikelihood
+__all__ += ["FullCovarianceGaussianLikelihood"]

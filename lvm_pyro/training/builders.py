@@ -23,13 +23,13 @@ from ..models import VAEModel, make_likelihood
 from ..nn import MLP, ConvDecoder, ConvEncoder
 from .config import (MODEL_CONFIGS, OBJECTIVE_CONFIGS, ConfigError, FlowConfig, IWAEConfig,
                      MeanFieldConfig, ModelConfig, ObjectiveConfig, PixelVAEConfig, RunConfig,
-                     SBNConfig, TCVAEConfig, TraceConfig, TraceGraphConfig, VAEConfig,
-                     VIMCOConfig, VQVAEConfig)
+                     SBNConfig, TCVAEConfig, TraceConfig, TraceGraphConfig, UserModelConfig,
+                     VAEConfig, VIMCOConfig, VQVAEConfig)
 
 __all__ = ["MODEL_BUILDERS", "ELBO_BUILDERS", "register_model", "register_elbo",
            "build_model", "build_elbo", "build_objective", "build_vae", "build_vqvae",
            "CALLBACK_BUILDERS", "METRIC_BUILDERS", "build_callbacks", "build_metrics",
-           "as_run_config"]
+           "as_run_config", "resolve_model", "import_builder", "ENTRY_POINT_GROUP"]
 
 ModelBuilder = Callable[[Any, Sequence[int]], tuple[Any, Any]]
 MODEL_BUILDERS: dict[str, ModelBuilder] = {}
@@ -76,6 +76,96 @@ def register_elbo(name: str, builder: Callable[[Any], ELBO], config_cls: type) -
     OBJECTIVE_CONFIGS[name] = config_cls
 
 
+#: entry-point group through which installed packages register model names:
+#: ``[project.entry-points."lvm_pyro.models"] my_vae = "my_package.my_module:build"``
+ENTRY_POINT_GROUP = "lvm_pyro.models"
+
+
+def import_builder(path: str) -> tuple[ModelBuilder, type]:
+    """Import the builder named by ``"package.module:attribute"`` and its configuration
+    class: the module's ``CONFIG`` (a frozen :class:`~lvm_pyro.training.config.ModelConfig`
+    dataclass) when it exports one, else a fresh subclass of
+    :class:`~lvm_pyro.training.config.UserModelConfig`. The module is imported from
+    ``sys.path``; when it is not found there, the current directory is added to
+    ``sys.path`` and the import tried again (as ``python -m`` does), so that
+    ``lvm-pyro fit --model examples.hierarchical_vae:build`` works from the repository
+    root.
+
+    Raises:
+        ConfigError: ``path`` is not ``module:attribute``, the module cannot be imported,
+            the attribute is missing or not callable, or ``CONFIG`` is not a ModelConfig
+            dataclass.
+    """
+    import importlib
+    import os
+    import sys
+
+    module_name, colon, attr = path.partition(":")
+    if not colon or not module_name or not attr:
+        raise ConfigError("model", f"a builder path must be 'package.module:builder', got {path!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        cwd = os.getcwd()
+        if e.name is None or not module_name.startswith(e.name) or cwd in sys.path:
+            raise ConfigError("model", f"cannot import {module_name!r} ({e})") from e
+        sys.path.insert(0, cwd)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e2:
+            sys.path.remove(cwd)
+            raise ConfigError("model", f"cannot import {module_name!r} from sys.path or the "
+                                       f"current directory {cwd} ({e2}); install the package "
+                                       "or run from the folder that holds it") from e2
+    builder = module
+    for part in attr.split("."):
+        builder = getattr(builder, part, None)
+    if not callable(builder):
+        raise ConfigError("model", f"{module_name!r} has no callable {attr!r}; the builder is "
+                                   "builder(config, event_shape) -> (model, guide)")
+    config_cls = getattr(module, "CONFIG", None)
+    if config_cls is None:
+        config_cls = dataclasses.make_dataclass(
+            "UserModelConfig", [], bases=(UserModelConfig,), frozen=True,
+            namespace={"__doc__": UserModelConfig.__doc__, "name": "",
+                       "__hash__": UserModelConfig.__hash__})
+    elif not (isinstance(config_cls, type) and issubclass(config_cls, ModelConfig)
+              and dataclasses.is_dataclass(config_cls)):
+        raise ConfigError("model", f"{module_name}.CONFIG must be a frozen dataclass "
+                                   f"subclassing lvm_pyro.training.config.ModelConfig, got "
+                                   f"{config_cls!r}")
+    return builder, config_cls
+
+
+def resolve_model(name: str) -> bool:
+    """Register the model ``name`` if it is not registered yet: a builder path
+    ``"package.module:builder"`` (registered under that path, which ``config.json``
+    records so that :func:`~lvm_pyro.training.run.load_run` rebuilds the model) or the
+    name of an entry point in the :data:`ENTRY_POINT_GROUP` group of an installed
+    package. Returns whether ``name`` is registered now (an unknown plain name is left
+    to the caller's error).
+
+    Raises:
+        ConfigError: see :func:`import_builder`.
+    """
+    if name in MODEL_BUILDERS:
+        return True
+    if ":" in name:
+        builder, config_cls = import_builder(name)
+    else:
+        from importlib.metadata import entry_points
+
+        eps = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+        if not eps:
+            return False
+        builder, config_cls = import_builder(eps[0].value)
+    if config_cls.name not in ("", name):  # a CONFIG shared by several builder paths
+        config_cls = dataclasses.make_dataclass(config_cls.__name__, [], bases=(config_cls,),
+                                                frozen=True, namespace={"name": ""})
+    register_model(name, builder, config_cls)
+    return True
+
+
 def as_run_config(config: Any) -> RunConfig:
     """A :class:`RunConfig` from a ``RunConfig`` or a flat mapping (non-strict: keys of
     other models / objectives are ignored at their defaults).
@@ -106,7 +196,9 @@ def _model_config(config: Any, cls: type) -> Any:
 def build_vae(config: VAEConfig | Mapping, event_shape: Sequence[int]):
     """VAE with an MLP (``network="mlp"``: ``num_hidden`` tanh layers of ``hidden_dim``,
     the IWAE paper's one-stochastic-layer net with 2 x 200 and z_dim 50) or a small conv
-    net (``network="conv"``).
+    net (``network="conv"``). ``likelihood="gaussian_full"`` (vector data only) decodes a
+    full-covariance Gaussian from its Cholesky factor
+    (:class:`~lvm_pyro.models.likelihoods.FullCovarianceGaussianLikelihood`).
 
     Args:
         config: a :class:`~lvm_pyro.training.config.VAEConfig` (or a flat mapping).
@@ -116,7 +208,14 @@ def build_vae(config: VAEConfig | Mapping, event_shape: Sequence[int]):
     if cfg.dequantization != "none":
         return _dequantized_vae(cfg, event_shape)
     z_dim = cfg.z_dim
-    lik = make_likelihood(cfg.likelihood)
+    if cfg.likelihood == "gaussian_full":  # full covariance over vector data (D,)
+        if len(event_shape) != 1 or cfg.network != "mlp":
+            raise ConfigError("likelihood", f"gaussian_full needs vector data (event shape "
+                                            f"(D,)) and --network mlp; got event shape "
+                                            f"{tuple(event_shape)}, network {cfg.network}")
+        lik = make_likelihood(cfg.likelihood, dim=event_shape[0])
+    else:
+        lik = make_likelihood(cfg.likelihood)
     hidden = [cfg.hidden_dim] * cfg.num_hidden
     act = cfg.activation
     event_shape = tuple(event_shape)

@@ -37,13 +37,14 @@ from typing import Any, ClassVar, Iterable, Mapping, NamedTuple, Optional
 
 from ..data.datasets import DATASET_LEVELS, DATASETS
 
-__all__ = ["ConfigError", "DATA_DEFAULTS", "DataDefaults", "TRANSFORMS", "ModelConfig",
-           "VAEConfig", "VQVAEConfig", "SBNConfig", "PixelVAEConfig", "FlowConfig",
-           "ObjectiveConfig", "TraceConfig", "MeanFieldConfig", "IWAEConfig", "VIMCOConfig",
-           "TraceGraphConfig", "TCVAEConfig", "KL_SCHEDULES", "DEQUANTIZATIONS", "DataConfig",
-           "TrainConfig", "RunConfig", "PriorConfig", "DiagnoseConfig", "MODEL_CONFIGS", "OBJECTIVE_CONFIGS",
+__all__ = ["ConfigError", "DATA_DEFAULTS", "FILE_DEFAULTS", "DataDefaults", "TRANSFORMS",
+           "ModelConfig", "VAEConfig", "VQVAEConfig", "SBNConfig", "PixelVAEConfig", "FlowConfig",
+           "UserModelConfig", "ObjectiveConfig", "TraceConfig", "MeanFieldConfig", "IWAEConfig",
+           "VIMCOConfig", "TraceGraphConfig", "TCVAEConfig", "KL_SCHEDULES", "DEQUANTIZATIONS",
+           "DataConfig", "TrainConfig", "RunConfig", "PriorConfig", "DiagnoseConfig",
+           "MODEL_CONFIGS", "OBJECTIVE_CONFIGS",
            "RECORD_KEYS", "default_transform", "add_config_arguments",
-           "config_from_namespace", "option", "given_options"]
+           "config_from_namespace", "model_arguments", "option", "given_options"]
 
 
 class ConfigError(ValueError):
@@ -76,6 +77,9 @@ DATA_DEFAULTS: dict[str, DataDefaults] = {
     "mnist": DataDefaults(z_dim=50, epochs=10),
     "dsprites": DataDefaults(z_dim=10, epochs=20),  # beta-VAE papers use 10 latents
 }
+
+#: defaults for a user's data file or folder (``--data PATH``)
+FILE_DEFAULTS = DataDefaults(z_dim=10, epochs=20)
 
 #: training-data transforms (per epoch); the test split gets the matching fixed one
 TRANSFORMS = ("dynamic", "static", "none", "dequantize")
@@ -359,6 +363,46 @@ class FlowConfig(ModelConfig):
         _integer(self, "hidden_channels", 1)
 
 
+@dataclass(frozen=True)
+class UserModelConfig(ModelConfig):
+    """Configuration of a user's model loaded by path (``lvm-pyro fit --model
+    package.module:build``) whose module exports no ``CONFIG`` dataclass of its own: the
+    usual sizes plus a free JSON-able dict ``options`` (``--model-arg key=value``, the value
+    read as JSON, else kept as a string). The builder receives an instance and reads
+    ``config.z_dim``, ``config.hidden_dim``, ``config.likelihood`` and
+    ``config.options.get(...)``.
+
+    Raises:
+        ConfigError: a field out of range, or ``options`` not a JSON-able dict with
+            string keys.
+    """
+
+    name: ClassVar[str] = ""
+    z_dim: Optional[int] = option(None, "latent size (default: DATA_DEFAULTS, 10 on digits, "
+                                        "50 otherwise)")
+    hidden_dim: int = option(200, "width of each hidden layer")
+    likelihood: str = option("bernoulli", "observation model p(x | z)")
+    options: dict = field(default_factory=dict, metadata={
+        "help": "free options of a user model (--model-arg key=value)", "cli": False})
+
+    def __post_init__(self) -> None:
+        import json
+
+        _integer(self, "z_dim", 1, allow_none=True)
+        _integer(self, "hidden_dim", 1)
+        _likelihood(self)
+        if not isinstance(self.options, dict) or not all(isinstance(k, str) for k in self.options):
+            raise ConfigError("options", f"must be a dict with string keys, got {self.options!r}")
+        try:
+            json.dumps(self.options, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ConfigError("options", f"must be JSON-able ({e})") from None
+
+    def __hash__(self) -> int:  # frozen, but ``options`` is a dict
+        return hash((type(self), self.z_dim, self.hidden_dim, self.likelihood,
+                     tuple(sorted(self.options))))
+
+
 # -- objectives ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class ObjectiveConfig:
@@ -512,7 +556,9 @@ class DataConfig:
         ConfigError: unknown data set or transform; ``data_root`` with the bundled digits.
     """
 
-    data: str = option("digits", "data set (digits is bundled with scikit-learn)", choices=DATASETS)
+    data: str = option("digits", "data set (" + ", ".join(DATASETS) + "; digits is bundled "
+                                 "with scikit-learn) or PATH: a .npy / .npz / .pt array (N, ...) "
+                                 "or a folder of images (recorded as an absolute path)")
     data_root: Optional[str] = option(None, "folder holding FashionMNIST/raw/ or MNIST/raw/ "
                                             "(recorded as an absolute path)")
     binarization: Optional[str] = option(
@@ -520,14 +566,32 @@ class DataConfig:
               "likelihoods), none, or uniform dequantisation (continuous likelihoods); default "
               "from the likelihood: bernoulli dynamic, continuous dequantize, other none",
         choices=TRANSFORMS)
+    split_seed: int = option(0, "seed of the train / test split of a --data PATH")
+    test_fraction: float = option(0.2, "test share of a --data PATH, in (0, 1)")
+
+    @property
+    def is_file(self) -> bool:
+        """Whether ``data`` is a user's file or folder rather than a named data set."""
+        return self.data not in DATASETS
 
     def __post_init__(self) -> None:
-        _choice(self, "data", DATASETS)
+        if not isinstance(self.data, str) or not self.data:
+            raise ConfigError("data", f"must be a data set name or a path, got {self.data!r}")
+        if self.data not in DATASETS:
+            path = Path(self.data).expanduser()
+            if not path.exists():
+                raise ConfigError("data", f"is neither a data set ({', '.join(DATASETS)}) nor "
+                                          f"an existing file or folder: {self.data!r}")
+            object.__setattr__(self, "data", str(path.resolve()))
         _choice(self, "binarization", TRANSFORMS, allow_none=True)
+        _integer(self, "split_seed", 0)
+        _interval(self, "test_fraction", 0.0, 1.0, high_open=True)
+        if self.test_fraction == 0.0:
+            raise ConfigError("test_fraction", "must be in (0, 1), got 0.0")
         if self.data_root is not None:
-            if self.data == "digits":
-                raise ConfigError("data_root", "does not apply to the bundled digits (it is "
-                                               "for fashion-mnist and mnist)")
+            if self.data == "digits" or self.is_file:
+                raise ConfigError("data_root", "does not apply to the bundled digits or a data "
+                                               "path (it is for fashion-mnist and mnist)")
             object.__setattr__(self, "data_root", str(Path(self.data_root).expanduser().resolve()))
 
 
@@ -636,6 +700,12 @@ OBJECTIVE_CONFIGS: dict[str, type] = {}
 
 
 def _model_cls(name: str) -> type:
+    if name not in MODEL_CONFIGS and isinstance(name, str):
+        # a builder path "package.module:build" or an installed entry point registers
+        # itself on first use (lvm_pyro.training.builders.resolve_model)
+        from .builders import resolve_model
+
+        resolve_model(name)
     if name not in MODEL_CONFIGS:
         raise ConfigError("model", f"must be a registered model ({', '.join(sorted(MODEL_CONFIGS))}); "
                                    f"got {name!r}")
@@ -667,13 +737,13 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        defaults = DATA_DEFAULTS[self.data.data]
+        defaults = DATA_DEFAULTS.get(self.data.data, FILE_DEFAULTS)
         model_fields = set(_field_names(type(self.model)))
         repl: dict[str, Any] = {}
         if "z_dim" in model_fields and self.model.z_dim is None:
             repl["z_dim"] = defaults.z_dim
         if "num_levels" in model_fields and self.model.num_levels is None:
-            repl["num_levels"] = DATASET_LEVELS[self.data.data]
+            repl["num_levels"] = DATASET_LEVELS.get(self.data.data, 256)
         if "baselines" in model_fields and self.model.baselines is None:
             repl["baselines"] = self.objective.name == "tracegraph"
         if repl:
@@ -688,7 +758,10 @@ class RunConfig:
                                               f"{self.model.dequantization}: the model adds "
                                               "the noise u to the raw levels itself")
         if self.data.binarization is None:
-            transform = default_transform(getattr(self.model, "likelihood", None))
+            likelihood = getattr(self.model, "likelihood", None)
+            transform = default_transform(likelihood)
+            if self.data.is_file and transform == "dequantize":
+                transform = "none"  # real-valued user data: no pixel levels to dequantise
             object.__setattr__(self, "data", dataclasses.replace(self.data, binarization=transform))
 
     @property
@@ -705,13 +778,16 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """One flat JSON-able dict: ``model``, the model's fields, ``elbo``, the
         objective's fields, then data and training fields. Only fields that apply to the
-        run; ``data_root`` only when set."""
+        run; ``data_root`` only when set, ``split_seed`` / ``test_fraction`` only for a
+        data path."""
         out: dict[str, Any] = {"model": self.model_name, "elbo": self.objective_name}
         for group in self.groups():
             for f in _fields(type(group)):
                 v = getattr(group, f.name)
                 if f.name == "data_root" and v is None:
                     continue
+                if f.name in ("split_seed", "test_fraction") and not self.data.is_file:
+                    continue  # the split of a --data PATH only
                 out[f.name] = v
         return out
 
@@ -739,7 +815,7 @@ class RunConfig:
         for g in (*MODEL_CONFIGS.values(), *OBJECTIVE_CONFIGS.values()):
             for f in _fields(g):
                 others.setdefault(f.name, []).append(f.default)
-        data_defaults = DATA_DEFAULTS.get(values.get("data", "digits"), DATA_DEFAULTS["digits"])
+        data_defaults = DATA_DEFAULTS.get(values.get("data", "digits"), FILE_DEFAULTS)
         for g in (*MODEL_CONFIGS.values(), *OBJECTIVE_CONFIGS.values()):
             for f in _fields(g):
                 if f.default is None and f.name in data_defaults._fields:  # resolved per data set
@@ -821,8 +897,45 @@ def config_from_namespace(ns: argparse.Namespace) -> RunConfig:
         ConfigError: a flag that does not apply to the chosen model / objective, or an
             invalid value.
     """
+    model_cls = _model_cls(getattr(ns, "model", "vae"))  # a user model registers itself here
     classes = [*MODEL_CONFIGS.values(), *OBJECTIVE_CONFIGS.values(), DataConfig, TrainConfig]
     values = given_options(ns, classes)
     values["model"] = getattr(ns, "model", "vae")
     values["elbo"] = getattr(ns, "elbo", "trace")
+    values.update(model_arguments(getattr(ns, "model_arg", None) or [], model_cls))
     return RunConfig.from_dict(values, strict=True)
+
+
+def model_arguments(pairs: Iterable[str], model_cls: type) -> dict[str, Any]:
+    """Flat config values from ``--model-arg key=value`` pairs: each value is read as JSON
+    (``3``, ``0.5``, ``true``, ``[1, 2]``, ``"text"``), else kept as a string. A key that is
+    a field of ``model_cls`` sets that field; any other key goes into the ``options`` dict
+    of a :class:`UserModelConfig`.
+
+    Raises:
+        ConfigError: a pair without ``=``, or a key that is not a field of a model
+            configuration without ``options``.
+    """
+    import json
+
+    names = set(_field_names(model_cls))
+    out: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, eq, text = pair.partition("=")
+        if not eq or not key:
+            raise ConfigError("model_arg", f"must be KEY=VALUE, got {pair!r}")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        if key in names and key != "options":
+            out[key] = value
+        elif "options" in names:
+            options[key] = value
+        else:
+            raise ConfigError("model_arg", f"{key!r} is not a field of {model_cls.__name__} "
+                                           f"({', '.join(sorted(names))})")
+    if options:
+        out["options"] = options
+    return out

@@ -223,7 +223,7 @@ def _diagnose(model, guide, config, x_all, out: Path, stage: Path, *, run_dir: P
         ref = D.nuts_reference(model, xs, guide=guide, num_samples=nuts_samples,
                                warmup_steps=nuts_warmup, num_chains=nuts_chains, latent=latent,
                                seed=seed, datapoint_index=idx)
-        cmp = D.compare_to_reference(ref, model, guide, xs, latent=latent)
+        cmp = D.compare_to_reference(model, guide, xs, ref, latent=latent)
         labels = [f"test {i}" + ("" if khat is None else f", k-hat {float(khat[i]):.2f}")
                   for i in idx]
         plots.plot_guide_vs_reference(ref, cmp, x=xs, labels=labels, path=stage / "diag_nuts.png")

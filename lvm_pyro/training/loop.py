@@ -15,6 +15,7 @@ schedule), so that a resumed run equals the uninterrupted one bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -26,6 +27,8 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 
 from ..data.binarize import Binarizer
 from ..inference.program import (accepted_keywords, adapt_program, check_dtypes,
@@ -34,7 +37,29 @@ from .checkpoint import (BASELINE_AVG_PREFIX, CheckpointError, get_rng_state, lo
                          restore_params, save_checkpoint, set_rng_state)
 from .progress import EpochProgress
 
-__all__ = ["Trainer", "EpochMetrics", "adapt_program", "DivergenceWarning", "loss_rose"]
+__all__ = ["Trainer", "EpochMetrics", "adapt_program", "DivergenceWarning", "loss_rose",
+           "UnregisteredParameterWarning"]
+
+
+class UnregisteredParameterWarning(UserWarning):
+    """Tensors that require grad reach the training loss but are not in Pyro's param
+    store, so no optimiser moves them (a guide that forgot ``pyro.module``)."""
+
+
+class _LeafRecorder(TorchFunctionMode):
+    """Records every leaf tensor that requires grad and enters a torch operation while
+    active (the tensors a backward pass through those operations writes ``.grad`` into)."""
+
+    def __init__(self):
+        super().__init__()
+        self.leaves: dict[int, torch.Tensor] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for t in tree_leaves((args, kwargs)):
+            if isinstance(t, torch.Tensor) and t.requires_grad and t.grad_fn is None:
+                self.leaves.setdefault(id(t), t)
+        return func(*args, **kwargs)
 
 
 class DivergenceWarning(RuntimeWarning):
@@ -102,8 +127,10 @@ class Trainer:
             ``state_dict()`` / ``load_state_dict()``, when it has them, are checkpointed,
             and the parameter-discovery pass restores its state after using it.
         binarization: shorthand for ``transform=Binarizer(binarization, seed + 1)``:
-            ``"dynamic"`` (the default when neither is given) | ``"static"`` | ``"none"``
-            | ``"dequantize"`` (256 levels), or a ``Binarizer``.
+            ``"dynamic"`` | ``"static"`` | ``"none"`` | ``"dequantize"`` (256 levels), or
+            a ``Binarizer``. When neither is given it follows the model's likelihood:
+            ``"none"`` for a model whose ``likelihood`` is continuous (``discrete`` False,
+            e.g. Gaussian), else ``"dynamic"``.
         checkpoint_path: file written atomically at the end of every epoch (or ``None``).
         config: JSON-able run configuration stored in the checkpoint and compared on
             resume (a mismatch raises :class:`CheckpointError`).
@@ -165,7 +192,7 @@ class Trainer:
         self._model, self._guide = adapt_program(model), adapt_program(guide)
         self.lr, self.batch_size, self.seed = float(lr), int(batch_size), int(seed)
         if transform is None:
-            binarization = "dynamic" if binarization is None else binarization
+            binarization = _default_binarization(model) if binarization is None else binarization
             transform = (binarization if isinstance(binarization, Binarizer)
                          else Binarizer(binarization, seed + 1))
         elif not callable(transform):
@@ -191,6 +218,7 @@ class Trainer:
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.param_names: list[str] = []
         self._store_size = 0
+        self._checked_registration = False
         # Loss reported per datapoint: the ELBO estimate is scaled to N when the programs
         # take num_data, else it is the minibatch sum.
         self._scaled = ("num_data" in accepted_keywords(model) and
@@ -227,6 +255,27 @@ class Trainer:
                 ps[k] = v
         check_param_ownership(self.modules)
         self._sync_optimizer()
+
+    def _warn_if_unregistered(self, leaves: dict[int, torch.Tensor]) -> None:
+        """Warn (:class:`UnregisteredParameterWarning`) naming every tensor that requires
+        grad and reached the first step's loss (a leaf that entered its operations and
+        received a gradient from its backward pass) but is not in Pyro's param store, so
+        that no optimiser moves it."""
+        stored = {id(p) for _, p in pyro.get_param_store().named_parameters()}
+        modules = {**_referenced_modules(self.model, "model"),
+                   **_referenced_modules(self.guide, "guide"), **self.modules}
+        names = {id(p): f"{k}.{n}" for k, m in modules.items() for n, p in m.named_parameters()}
+        missing = [f"{names[i]} {tuple(t.shape)}" if i in names
+                   else f"a tensor of shape {tuple(t.shape)}"
+                   for i, t in leaves.items() if i not in stored and t.grad is not None]
+        if missing:
+            warnings.warn(
+                f"{len(missing)} tensors reach the training loss but are not in Pyro's param "
+                f"store, so no optimiser moves them and they keep their initial values: "
+                f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}; register each "
+                "network in the program that uses it (pyro.module('encoder', net) inside the "
+                "guide, or make the guide a PyroModule that holds the network)",
+                UnregisteredParameterWarning, stacklevel=4)
 
     def _sync_optimizer(self) -> None:
         store = pyro.get_param_store()
@@ -461,8 +510,12 @@ class Trainer:
               train: Optional[str] = None) -> float:
         """One optimiser step; ``train="encoder"`` / ``"decoder"`` drops the gradients of
         the other side (the guide's parameters are the encoder) so Adam skips it."""
-        with pyro.validation_enabled(self.validate):
+        recorder = None if self._checked_registration else _LeafRecorder()
+        with pyro.validation_enabled(self.validate), recorder or contextlib.nullcontext():
             loss = self.elbo.loss_and_grads(self._model, self._guide, xb, num_data=n, idx=idx)
+        if recorder is not None:  # once, after the first step's backward pass
+            self._checked_registration = True
+            self._warn_if_unregistered(recorder.leaves)
         if len(pyro.get_param_store()) != self._store_size:
             self._sync_optimizer()
         if train is not None:
@@ -478,6 +531,31 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return float(loss)
+
+
+def _default_binarization(model: Any) -> str:
+    """The training-data transform that follows the model's likelihood: ``"none"`` when
+    the model has a ``likelihood`` that is not discrete (a Gaussian: real-valued data,
+    never binarised), else ``"dynamic"`` binarisation (Bernoulli pixels)."""
+    likelihood = getattr(model, "likelihood", None)
+    if likelihood is not None and getattr(likelihood, "discrete", True) is False:
+        return "none"
+    return "dynamic"
+
+
+def _referenced_modules(fn: Any, who: str) -> dict[str, torch.nn.Module]:
+    """``nn.Module``s a plain-function program refers to by a global or closure name
+    (``"guide: encoder"`` -> module), to name unregistered tensors; {} for others."""
+    import inspect
+
+    if isinstance(fn, torch.nn.Module) or not inspect.isfunction(fn):
+        return {}
+    try:
+        refs = inspect.getclosurevars(fn)
+    except (TypeError, ValueError):
+        return {}
+    return {f"{who} {k}": v for k, v in {**refs.globals, **refs.nonlocals}.items()
+            if isinstance(v, torch.nn.Module)}
 
 
 def _state_of(obj: Any) -> Optional[dict]:

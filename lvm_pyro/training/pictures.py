@@ -13,7 +13,7 @@ from torchvision.utils import save_image
 from ..inference.program import trace_guide_then_model, trace_program
 from ..sites import OBS
 
-__all__ = ["save_grid", "reconstruct", "prior_samples", "save_reconstructions", "save_loss_curve"]
+__all__ = ["save_grid", "reconstruct", "prior_samples", "prior_draws", "save_scatter", "save_reconstructions", "save_loss_curve"]
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, min_size: int = 28) -> Path:
@@ -58,6 +58,34 @@ def prior_samples(model: Callable, x_like: torch.Tensor) -> torch.Tensor:
     only for its shape; the observation is uncondition-ed)."""
     mt = trace_program(poutine.uncondition(model), x_like, keywords_of=model)
     return _picture(mt.nodes[OBS]["fn"]).reshape(x_like.shape)
+
+
+@torch.no_grad()
+def prior_draws(model: Callable, x_like: torch.Tensor) -> torch.Tensor:
+    """Draws x ~ p(x) = int p(x | z) p(z) dz from the program itself (the observation
+    uncondition-ed), one per row of ``x_like`` (used only for its shape)."""
+    mt = trace_program(poutine.uncondition(model), x_like, keywords_of=model)
+    return mt.nodes[OBS]["value"].reshape(x_like.shape)
+
+
+def save_scatter(data: torch.Tensor, samples: torch.Tensor, path: str | Path) -> Path:
+    """Scatter plot of 2-D data (n, 2) and model samples (m, 2) on the same axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    d, m = data.detach().cpu().numpy(), samples.detach().cpu().numpy()
+    ax.scatter(d[:, 0], d[:, 1], s=6, alpha=0.5, label="test data")
+    ax.scatter(m[:, 0], m[:, 1], s=6, alpha=0.5, label="model samples")
+    ax.set_xlabel("x[0]")
+    ax.set_ylabel("x[1]")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
 
 
 def save_reconstructions(model, guide, x: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:

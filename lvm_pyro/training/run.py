@@ -19,19 +19,21 @@ import torch
 
 from ..data import Binarizer, binarize_test, dequantize_test, load_dataset
 from ..data.datasets import DATASET_LEVELS
-from ..inference import elbo_per_datapoint, log_marginal_likelihood
+from ..inference import elbo_parts, log_marginal_likelihood
 from ..inference.evaluation import BitsPerDimOffset, bits_per_dim_offset, nll_report
 from ..inference.program import trace_guide_then_model
 from .builders import as_run_config, build_callbacks, build_metrics, build_model, build_objective
 from .checkpoint import CheckpointError, load_checkpoint, restore_params
 from .config import ConfigError, RunConfig
 from .loop import Trainer
-from .pictures import prior_samples, save_grid, save_loss_curve, save_reconstructions
+from .pictures import (prior_draws, prior_samples, save_grid, save_loss_curve, save_reconstructions,
+                       save_scatter)
 from .progress import progress_iter
 from .rundir import (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, prepare_run_dir, read_json,
                      write_json)
 
 __all__ = ["Run", "load_run", "train_run", "evaluate_run", "sample_run", "prepare_data",
+           "load_run_data",
            "test_bits_offset", "read_run_config", "latent_metrics"]
 
 _write_json = write_json  # the name fit-prior and diagnose import
@@ -58,7 +60,7 @@ def prepare_data(config: RunConfig | Mapping, split: str, device: torch.device |
         DatasetNotFoundError: see :func:`lvm_pyro.data.load_dataset`.
     """
     cfg = as_run_config(config)
-    ds = load_dataset(cfg.data.data, split, cfg.data.data_root)
+    ds = load_run_data(cfg, split)
     x = ds.images
     mode = cfg.data.binarization
     if split == "test" and mode == "dequantize":
@@ -67,6 +69,23 @@ def prepare_data(config: RunConfig | Mapping, split: str, device: torch.device |
         x = binarize_test(x, seed=0)
     x = x.to(device)
     return (x, ds.source) if with_source else x
+
+
+def load_run_data(config: RunConfig | Mapping, split: str):
+    """One split of a run's data: a named data set (:func:`lvm_pyro.data.load_dataset`)
+    or a user's file / image folder (:func:`lvm_pyro.data.files.load_data_file`, split by
+    ``split_seed`` and ``test_fraction``), untransformed.
+
+    Raises:
+        DatasetNotFoundError, ValueError: see those functions.
+    """
+    from ..data.files import load_data_file
+
+    cfg = as_run_config(config)
+    if cfg.data.is_file:
+        return load_data_file(cfg.data.data, split, split_seed=cfg.data.split_seed,
+                              test_fraction=cfg.data.test_fraction)
+    return load_dataset(cfg.data.data, split, cfg.data.data_root)
 
 
 def test_bits_offset(config: RunConfig | Mapping, x: torch.Tensor) -> BitsPerDimOffset:
@@ -82,7 +101,7 @@ def test_bits_offset(config: RunConfig | Mapping, x: torch.Tensor) -> BitsPerDim
     name = getattr(cfg.model, "likelihood", None)
     discrete = (mode != "dequantize") if name is None else bool(LIKELIHOODS[name].discrete)
     dequantizes = getattr(cfg.model, "dequantization", "none") != "none"
-    return bits_per_dim_offset(discrete, mode, DATASET_LEVELS[cfg.data.data],
+    return bits_per_dim_offset(discrete, mode, DATASET_LEVELS.get(cfg.data.data, 256),
                                int(math.prod(x.shape[1:])), model_dequantizes=dequantizes)
 
 
@@ -128,7 +147,8 @@ def read_run_config(run_dir: str | Path) -> tuple[RunConfig, dict]:
 
 def train_run(config: RunConfig | Mapping, out: str | Path, *, resume: bool = False,
               overwrite: bool = False, progress: bool = True, num_samples: int = 1000,
-              num_test: Optional[int] = None, log: Optional[Callable[[str], None]] = None) -> dict:
+              num_test: Optional[int] = None, log: Optional[Callable[[str], None]] = None,
+              logger: str = "none") -> dict:
     """Train a model from ``config`` into run directory ``out``, then evaluate and draw.
 
     Args:
@@ -142,6 +162,9 @@ def train_run(config: RunConfig | Mapping, out: str | Path, *, resume: bool = Fa
         num_samples: K importance samples for the test NLL.
         num_test: evaluate on the first ``num_test`` test points (all when ``None``).
         log: callable for notices (``None``: silent).
+        logger: ``"tensorboard"`` writes per-epoch scalars and grids under
+            ``out/tensorboard/`` (:class:`~lvm_pyro.training.tensorboard.TensorBoardLogger`,
+            on the first 200 test points, K = 100); ``"none"`` (default) writes nothing.
 
     Returns:
         the metrics dict also written to ``out/metrics.json``.
@@ -151,8 +174,12 @@ def train_run(config: RunConfig | Mapping, out: str | Path, *, resume: bool = Fa
         CheckpointError: resuming with a different configuration.
         ConfigError, ValueError: bad configuration or evaluation settings.
     """
+    from .tensorboard import LOGGERS, TensorBoardLogger
+
     config = as_run_config(config)
     out = Path(out)
+    if logger not in LOGGERS:
+        raise ConfigError("logger", f"must be one of {', '.join(LOGGERS)}; got {logger!r}")
     if num_samples < 1:
         raise ConfigError("num_samples", f"must be >= 1, got {num_samples}")
     if num_test is not None and num_test < 1:
@@ -189,7 +216,7 @@ def train_run(config: RunConfig | Mapping, out: str | Path, *, resume: bool = Fa
         model.to(device)
     if isinstance(guide, torch.nn.Module):
         guide.to(device)
-    levels = DATASET_LEVELS[config.data.data]
+    levels = DATASET_LEVELS.get(config.data.data, 256)
     seed = config.train.seed
     aggressive = None
     if config.train.aggressive_encoder:
@@ -198,13 +225,23 @@ def train_run(config: RunConfig | Mapping, out: str | Path, *, resume: bool = Fa
         heldout = prepare_data(config, "test", device)[:config.train.aggressive_heldout]
         aggressive = AggressiveEncoder(heldout,
                                        max_inner_steps=config.train.aggressive_max_inner_steps)
+    callbacks = build_callbacks(config, model, guide)
+    board = None
+    if logger == "tensorboard":
+        board = TensorBoardLogger(out, model, guide,
+                                  prepare_data(config, "test", device)[:200], seed=seed)
+        callbacks.append(board)
     trainer = Trainer(model, guide, elbo, lr=config.train.lr, aggressive=aggressive,
                       batch_size=config.train.batch_size, seed=seed,
                       binarization=Binarizer(config.data.binarization, seed + 1, levels),
                       checkpoint_path=out / CHECKPOINT_FILE,
                       config={k: v for k, v in flat.items() if k not in ("epochs", "data_root")},
-                      progress=progress, callbacks=build_callbacks(config, model, guide))
-    history = trainer.fit(x_train, config.train.epochs, resume=resume)
+                      progress=progress, callbacks=callbacks)
+    try:
+        history = trainer.fit(x_train, config.train.epochs, resume=resume)
+    finally:
+        if board is not None:
+            board.close()
     train_seconds = time.perf_counter() - t0
     save_loss_curve(history, out / "loss_curve.png")
     metrics = evaluate_run(out, num_samples=num_samples, num_test=num_test,
@@ -239,7 +276,7 @@ def load_run(run_dir: str | Path, device: Optional[str] = None,
         cfg = cfg.replace(data_root=str(data_root))
     config = cfg.to_dict()
     payload = load_checkpoint(run_dir / CHECKPOINT_FILE, map_location=config["device"])
-    ds = load_dataset(cfg.data.data, "test", cfg.data.data_root)
+    ds = load_run_data(cfg, "test")
     x = ds.images[:2].to(config["device"])
     if cfg.data.binarization not in ("none", "dequantize"):
         x = binarize_test(x)
@@ -258,11 +295,16 @@ def load_run(run_dir: str | Path, device: Optional[str] = None,
 
 def evaluate_run(run_dir: str | Path, *, num_samples: int = 1000, num_test: Optional[int] = None,
                  batch_size: int = 100, model=None, guide=None, config=None,
-                 progress: bool = False, data_root: Optional[str | Path] = None) -> dict:
-    """Test ELBO and importance-sampled test NLL of a run.
+                 progress: bool = False, data_root: Optional[str | Path] = None,
+                 seed: int = 0) -> dict:
+    """Test ELBO and importance-sampled test NLL of a run, seeded: Pyro's RNGs are set
+    to ``seed`` (>= 0, recorded as ``seed``) first, so two evaluations give the same
+    numbers.
 
     Returns a dict with ``test_elbo`` (mean per-datapoint ELBO, nats, one sample per
-    point), ``test_nll`` (mean -log p(x) plus the offset of :func:`test_bits_offset`,
+    point), ``test_reconstruction`` (mean E_q log p(x | z), nats, same draws),
+    ``test_kl`` (mean KL(q(z | x) || p(z)), nats; ``test_kl_method`` says whether in
+    closed form or Monte Carlo, :func:`lvm_pyro.inference.elbo_parts`), ``seed``, ``test_nll`` (mean -log p(x) plus the offset of :func:`test_bits_offset`,
     nats per example, ``num_samples`` importance samples with the guide as proposal),
     ``test_nll_se`` (standard error over test points), ``test_bits_per_dim`` (``None``
     when the NLL bounds no discrete code length), ``test_nll_density`` (without the
@@ -277,19 +319,25 @@ def evaluate_run(run_dir: str | Path, *, num_samples: int = 1000, num_test: Opti
         raise ConfigError("num_samples", f"must be >= 1, got {num_samples}")
     if num_test is not None and num_test < 1:
         raise ConfigError("num_test", f"must be >= 1, got {num_test}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError("seed", f"must be an integer >= 0, got {seed!r}")
     if model is None:
         model, guide, config, _ = load_run(run_dir, data_root=data_root)
     config = as_run_config(config)
     x = prepare_data(config, "test", config.train.device)
     if num_test is not None:
         x = x[:num_test]
-    elbos, logps = [], []
+    pyro.set_rng_seed(seed)
+    elbos, logps, recs, kls = [], [], [], []
     t0 = time.perf_counter()
     starts = progress_iter(range(0, len(x), batch_size), f"evaluating (K={num_samples})",
                            total=math.ceil(len(x) / batch_size), enabled=progress)
     for start in starts:
         xb = x[start:start + batch_size]
-        elbos.append(elbo_per_datapoint(model, guide, xb, num_samples=1))
+        parts = elbo_parts(model, guide, xb, num_samples=1)
+        elbos.append(parts.elbo)
+        recs.append(parts.reconstruction)
+        kls.append(parts.kl)
         logps.append(log_marginal_likelihood(model, guide, xb, num_samples=num_samples))
     elbo = torch.cat(elbos)
     r = nll_report(torch.cat(logps), test_bits_offset(config, x))
@@ -298,11 +346,13 @@ def evaluate_run(run_dir: str | Path, *, num_samples: int = 1000, num_test: Opti
         mode, "fixed Bernoulli draw, seed 0")
     metrics = {
         "test_elbo": float(elbo.mean()), "test_elbo_se": float(elbo.std() / math.sqrt(len(elbo))),
+        "test_reconstruction": float(torch.cat(recs).mean()),
+        "test_kl": float(torch.cat(kls).mean()), "test_kl_method": parts.kl_method,
         "test_nll": r.nll, "test_nll_se": r.nll_se, "test_bits_per_dim": r.bits_per_dim,
         "test_nll_density": r.nll_density if r.offset_nats != 0.0 else None,
         "bits_per_dim_offset_nats": r.offset_nats, "nll_note": r.note,
         "num_test_points": r.num_points,
-        "num_importance_samples": num_samples, "num_seeds": 1,
+        "num_importance_samples": num_samples, "num_seeds": 1, "seed": seed,
         "test_binarization": test_binarization, "train_binarization": mode,
         "eval_seconds": time.perf_counter() - t0, "versions": _versions(),
         "config": config.to_dict(),
@@ -329,9 +379,10 @@ def latent_metrics(model, guide, x: torch.Tensor, *, latent: str = "z",
                    batch_size: int = 100) -> dict:
     """Information kept in a Gaussian latent on test data x (N, ...):
 
-    * ``test_kl``: mean over test points of KL(q(z | x_i) || p(z)), nats (closed form for
-      Gaussian q and p, :func:`lvm_pyro.diagnostics.average_kl`), with ``test_kl_se``
-      its standard error over the points;
+    * ``test_kl_se``: the standard error over test points of KL(q(z | x_i) || p(z)), nats
+      (closed form for Gaussian q and p, :func:`lvm_pyro.diagnostics.average_kl`); the
+      mean itself, ``test_kl``, comes from :func:`lvm_pyro.inference.elbo_parts` with the
+      ELBO's other part;
     * ``active_units``: coordinates d with Cov_x(E_q[z_d | x]) > 0.01 (Burda et al. 2015,
       sec. 5.2; :func:`lvm_pyro.diagnostics.active_units`), out of ``latent_dims``.
 
@@ -342,7 +393,7 @@ def latent_metrics(model, guide, x: torch.Tensor, *, latent: str = "z",
     from ..diagnostics import active_units, average_kl
     from ..inference.program import trace_program
 
-    none = {"test_kl": None, "test_kl_se": None, "active_units": None, "latent_dims": None}
+    none = {"test_kl_se": None, "active_units": None, "latent_dims": None}
     try:
         guide_site = trace_program(guide, x[:2]).nodes.get(latent)
         model_trace, _ = trace_guide_then_model(model, guide, x[:2], block=True)
@@ -355,13 +406,13 @@ def latent_metrics(model, guide, x: torch.Tensor, *, latent: str = "z",
     if not (_gaussian(guide_site["fn"]) and _gaussian(model_site["fn"])):
         return {**none, "latent_metrics_note": (
             f"skipped: q({latent} | x) is {type(_base(guide_site['fn'])).__name__} and "
-            f"p({latent}) is {type(_base(model_site['fn'])).__name__}; test_kl and active_units are reported for "
+            f"p({latent}) is {type(_base(model_site['fn'])).__name__}; test_kl_se and active_units are reported for "
             "Gaussian latents only")}
     kl = torch.cat([average_kl(model, guide, x[s:s + batch_size], latent=latent)
                     for s in range(0, len(x), batch_size)]).double()  # (N,)
     se = float(kl.std() / math.sqrt(len(kl))) if len(kl) > 1 else None
     au = active_units(guide, x, latent=latent) if len(x) >= 2 else None
-    return {"test_kl": float(kl.mean()), "test_kl_se": se,
+    return {"test_kl_se": se,
             "active_units": None if au is None else au.num_active,
             "latent_dims": int(guide_site["fn"].event_shape.numel()),
             "latent_metrics_note": f"KL(q({latent} | x) || p({latent})) in closed form; "
@@ -373,7 +424,9 @@ def sample_run(run_dir: str | Path, *, num_samples: int = 64, model=None, guide=
                data_root: Optional[str | Path] = None) -> dict[str, Path]:
     """Write ``samples.png`` (decoder means at prior draws) and ``reconstructions.png``
     (test originals above reconstructions) into ``out_dir`` (default: the run
-    directory); for a VQ-VAE run with a code prior fitted by ``lvm-pyro fit-prior`` also
+    directory); for 2-D vector data (event shape (2,)) ``samples.png`` is instead a scatter
+    of test data and draws x ~ p(x) of the program, and other non-image data get no
+    pictures; for a VQ-VAE run with a code prior fitted by ``lvm-pyro fit-prior`` also
     ``prior_samples.png`` and ``prior_vs_reconstructions.png``
     (:mod:`lvm_pyro.training.prior_stage`).
 
@@ -389,7 +442,13 @@ def sample_run(run_dir: str | Path, *, num_samples: int = 64, model=None, guide=
     if model is None:
         model, guide, config, _ = load_run(run_dir, data_root=data_root)
     config = as_run_config(config)
-    x = prepare_data(config, "test", config.train.device)[:num_samples]
+    x = prepare_data(config, "test", config.train.device)
+    if x.dim() == 2 and x.shape[1] == 2:  # 2-D data: a scatter of data vs model samples
+        draws = prior_draws(model, x[:max(num_samples, 500)])
+        return {"samples": save_scatter(x[:max(num_samples, 500)], draws, out_dir / "samples.png")}
+    if x.dim() != 4:  # no picture for other non-image data
+        return {}
+    x = x[:num_samples]
     out = {"samples": save_grid(prior_samples(model, x), out_dir / "samples.png"),
            "reconstructions": save_reconstructions(model, guide, x[:32], out_dir / "reconstructions.png")}
     from .prior_stage import prior_is_current, save_prior_samples

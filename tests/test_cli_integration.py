@@ -56,7 +56,7 @@ def test_latent_metrics_are_skipped_with_the_reason_without_a_gaussian_z():
     model, guide = build_model({"model": "sbn", "z_dim": 3, "num_hidden": 0}, EVENT)
     x = binarize_test(load_dataset("digits", "test").images[:10])
     m = latent_metrics(model, guide, x)
-    assert m["test_kl"] is None and m["active_units"] is None
+    assert m["test_kl_se"] is None and m["active_units"] is None
     assert "Bernoulli" in m["latent_metrics_note"] and "Gaussian" in m["latent_metrics_note"]
 
 

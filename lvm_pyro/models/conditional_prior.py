@@ -36,9 +36,10 @@ class ConditionalPixelCNNPrior(PyroModule):
             :class:`lvm_pyro.nn.GatedPixelCNN` (defaults 64, 8, 3, None, 2 * channels).
         cond_channels: S, channels of the conditioning map (default ``channels``).
 
-    ``forward(codes, *, context, y=None, num_data=None, idx=None)`` is the stage-two Pyro
-    program: the observed site ``"codes_bottom"`` in the ``"data"`` plate (maximum
-    likelihood with an empty guide).
+    ``forward(codes, *, top_codes, y=None, num_data=None, idx=None)`` is the stage-two
+    Pyro program: the observed site ``"codes_bottom"`` in the ``"data"`` plate (maximum
+    likelihood with an empty guide); ``top_codes`` is the ``context`` of the other
+    methods (Pyro's handlers reserve the keyword ``context`` when they call a program).
 
     Raises:
         ValueError: sizes out of range; grids that do not divide.
@@ -168,8 +169,8 @@ class ConditionalPixelCNNPrior(PyroModule):
         self.net, self.conditioner  # inside a PyroModule call this registers the weights
         return ModuleCodesPrior(self, self.grid_shape, self.num_codes, y, context=context)
 
-    def forward(self, codes: torch.Tensor, *, context: torch.Tensor,
+    def forward(self, codes: torch.Tensor, *, top_codes: torch.Tensor,
                 y: Optional[torch.Tensor] = None, num_data: Optional[int] = None,
                 idx: Optional[torch.Tensor] = None) -> None:
         with data_plate(codes, num_data, idx):
-            pyro.sample(CODES_BOTTOM, self.distribution(context, y), obs=codes)
+            pyro.sample(CODES_BOTTOM, self.distribution(top_codes, y), obs=codes)

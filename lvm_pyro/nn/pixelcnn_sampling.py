@@ -134,7 +134,7 @@ def sample_cached(net: GatedPixelCNN, uniforms: torch.Tensor,
     conds = [l.conditioning(y) for l in layers]
     # spatial conditioning (Eq. 5), channels-last: each (B, H, W, 2C) or None
     sconds = [tuple(None if t is None else t.permute(0, 2, 3, 1) for t in l.spatial_conditioning(s))
-              if hasattr(l, "spatial_conditioning") else (None, None) for l in layers]
+              for l in layers]
     step_cache: dict = {}
     head1, head2 = net.head[1], net.head[3]
     emb = uniforms.new_zeros(b, r + height, width + 2 * r, c)

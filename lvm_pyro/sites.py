@@ -9,7 +9,9 @@ and diagnostic in :mod:`lvm_pyro`:
   belongs to a datapoint (use :func:`data_plate`).
 * Observation site ``"x"``, latent ``"z"``, VQ code indices ``"codes"``, the quantised
   VQ latent grid ``"z_q"`` (a Delta at the codebook rows of ``"codes"``),
-  dequantisation noise ``"u"``; model and guide use the same latent names.
+  dequantisation noise ``"u"``; model and guide use the same latent names. A two-level
+  VQ-VAE (VQ-VAE-2) names its code grids ``"codes_top"`` / ``"codes_bottom"`` and their
+  quantised grids ``"z_q_top"`` / ``"z_q_bottom"``.
 * Auxiliary terms that are not part of p(x, z) (VQ codebook / commitment losses) are
   factors added with :func:`auxiliary_factor` (site ``infer={"lvm_auxiliary": True}``):
   training objectives include them, every likelihood estimate leaves them out. (Pyro's
@@ -31,12 +33,17 @@ LATENT = "z"
 CODES = "codes"
 QUANTIZED = "z_q"
 NOISE = "u"
+CODES_TOP = "codes_top"
+CODES_BOTTOM = "codes_bottom"
+QUANTIZED_TOP = "z_q_top"
+QUANTIZED_BOTTOM = "z_q_bottom"
 PARTICLE_PLATE = "_num_particles_vectorized"
 AUXILIARY = "lvm_auxiliary"
 
 __all__ = [
     "DATA_PLATE", "OBS", "LATENT", "CODES", "QUANTIZED", "NOISE", "PARTICLE_PLATE", "AUXILIARY",
     "data_plate", "program_kwargs", "auxiliary_factor",
+    "CODES_TOP", "CODES_BOTTOM", "QUANTIZED_TOP", "QUANTIZED_BOTTOM",
 ]
 
 

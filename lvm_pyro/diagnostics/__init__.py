@@ -12,6 +12,8 @@
   Hoffman & Johnson 2016; He et al. 2019).
 * :func:`simulation_based_calibration` -- rank test of the amortised guide (Talts et al.
   2018).
+* :func:`classifier_rejection`, :func:`precision_recall`, :func:`class_coverage` -- judge
+  class-conditional samples with classifiers (Razavi et al. 2019; Kynkaanniemi et al. 2019).
 
 A diagnostic that does not apply to a model raises :class:`NotApplicableError`.
 The command ``lvm-pyro diagnose RUN_DIR`` (:mod:`lvm_pyro.training.diagnose`) runs them
@@ -30,16 +32,20 @@ from .information import (ACTIVE_UNIT_THRESHOLD, ActiveUnits, KLDecomposition, M
                           kl_per_dimension, mutual_information, tc_decomposition)
 from .mcmc_reference import (GuideComparison, MCMCReference, compare_to_reference, energy_distance,
                              nuts_reference)
+from .rejection import RejectionResult, classifier_rejection
+from .sample_quality import PrecisionRecall, class_coverage, precision_recall
 from .sbc import SBCResult, rank_uniformity_pvalue, simulation_based_calibration
 
 __all__ = [
     "ACTIVE_UNIT_THRESHOLD", "ActiveUnits", "DCIResult", "EXACT_TOL", "GuideComparison",
     "ImportanceDiagnostics", "KLDecomposition", "MCMCReference", "METRIC_KEYS", "MIGResult",
-    "MutualInformation", "NotApplicableError", "SBCResult", "TCDecomposition", "active_units",
-    "average_kl", "beta_vae_score", "compare_to_reference", "dci_from_importance", "dci_scores",
+    "MutualInformation", "NotApplicableError", "PrecisionRecall", "RejectionResult", "SBCResult",
+    "TCDecomposition", "active_units", "average_kl", "beta_vae_score", "class_coverage",
+    "classifier_rejection", "compare_to_reference", "dci_from_importance", "dci_scores",
     "disentanglement_metrics", "draws_to_datatree", "energy_distance", "factor_vae_score",
     "guide_codes", "importance_diagnostics", "importance_ess", "khat_threshold",
     "kl_decomposition", "kl_per_dimension", "mig_score", "mutual_information", "nuts_reference",
-    "pareto_khat", "rank_uniformity_pvalue", "sample_log_weights", "sap_score",
-    "simulation_based_calibration", "summarize_khat", "tc_decomposition", "to_datatree",
+    "pareto_khat", "precision_recall", "rank_uniformity_pvalue", "sample_log_weights",
+    "sap_score", "simulation_based_calibration", "summarize_khat", "tc_decomposition",
+    "to_datatree",
 ]

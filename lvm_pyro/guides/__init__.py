@@ -9,9 +9,11 @@ from .local_normal import LocalNormalGuide
 from .sigmoid_belief_net import InputBaseline, SigmoidBeliefNetGuide
 from .variational_dequantizer import UniformDequantizer, VariationalDequantizer
 from .vqvae import VQEncoderGuide
+from .vqvae2 import VQVAE2Encoding, VQVAE2Guide
 
 __all__ = [
     "AmortizedNormalGuide", "CompositeGuide", "EmptyGuide", "InputBaseline",
     "LinearGaussianPosteriorGuide", "LocalNormalGuide", "SigmoidBeliefNetGuide",
-    "UniformDequantizer", "VQEncoderGuide", "VariationalDequantizer",
+    "UniformDequantizer", "VQEncoderGuide", "VQVAE2Encoding", "VQVAE2Guide",
+    "VariationalDequantizer",
 ]

@@ -1,6 +1,8 @@
 """Plain torch networks (no Pyro): every module accepts any number of leading batch
 dimensions, since vectorised particles add one."""
 
+from .attention_pixelcnn import AttentionPixelCNN, CausalSelfAttention
+from .code_conditioner import CodeConditioner
 from .context_cnn import ContextCNN
 from .conv import ConvDecoder, ConvEncoder
 from .coupling_net import CouplingConvNet
@@ -8,9 +10,11 @@ from .flow_layers import ChannelSubset, Squeeze2d
 from .mlp import MLP
 from .quantizer import CodebookUsage, QuantizerOutput, VectorQuantizer, codebook_usage
 from .vq_conv import VQConvDecoder, VQConvEncoder
+from .vqvae2_conv import VQVAE2Decoder, VQVAE2Encoder
 
 __all__ = [
-    "ChannelSubset", "CodebookUsage", "ContextCNN", "ConvDecoder", "ConvEncoder",
-    "CouplingConvNet", "MLP", "QuantizerOutput", "Squeeze2d", "VQConvDecoder", "VQConvEncoder",
-    "VectorQuantizer", "codebook_usage",
+    "AttentionPixelCNN", "CausalSelfAttention", "ChannelSubset", "CodeConditioner",
+    "CodebookUsage", "ContextCNN", "ConvDecoder", "ConvEncoder", "CouplingConvNet", "MLP",
+    "QuantizerOutput", "Squeeze2d", "VQConvDecoder", "VQConvEncoder", "VQVAE2Decoder",
+    "VQVAE2Encoder", "VectorQuantizer", "codebook_usage",
 ]

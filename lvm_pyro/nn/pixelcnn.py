@@ -27,7 +27,10 @@ Each gated layer (paper Eq. 2 with the conditioning of Eq. 4):
 ``v' = tanh(W_f * v + V_f y) . sigmoid(W_g * v + V_g y)``;
 the horizontal stack adds a 1x1 map of the vertical pre-activation, gates the same way,
 applies a 1x1 convolution and a residual connection (not in the first layer, whose input
-sits at the current position).
+sits at the current position). A spatial conditioning map s (B, S, H, W) (paper Eq. 5,
+e.g. the upsampled top codes of VQ-VAE-2) enters every layer as an unmasked 1x1
+convolution ``V * s`` added to both pre-activations: s is given, not generated, so it
+may be read at every position, the current one included.
 """
 
 from __future__ import annotations
@@ -60,17 +63,23 @@ class GatedLayer(nn.Module):
         cond_dim: if given (instead of ``num_classes``), a learnt linear map of a
             continuous vector h (B, cond_dim), V^T h of Eq. 4 without bias (e.g. a VAE's
             latent z, Gulrajani et al. 2016), is added the same way.
+        cond_channels: if given, S, the channels of a spatial conditioning map s; the
+            unmasked 1x1 convolution V * s (paper Eq. 5, no bias) is added to the vertical
+            and horizontal pre-activations (with or without ``num_classes``).
 
-    ``forward(v, h, y=None)``: v, h (B, C, H, W), y (B,) int64 labels, (B, cond_dim) float
-    or None -> (v', h'), both (B, C, H, W).
+    ``forward(v, h, y=None, s=None)``: v, h (B, C, H, W), y (B,) int64 labels,
+    (B, cond_dim) float or None, s (B, S, H, W) float or None -> (v', h'), both
+    (B, C, H, W).
 
     Raises:
         ValueError: both ``num_classes`` and ``cond_dim``; at ``forward``, a missing ``y``
-            for a conditional layer.
+            for a conditional layer, a missing or misshapen ``s`` for a spatially
+            conditioned one.
     """
 
     def __init__(self, channels: int, kernel_size: int, first: bool,
-                 num_classes: Optional[int] = None, cond_dim: Optional[int] = None):
+                 num_classes: Optional[int] = None, cond_dim: Optional[int] = None,
+                 cond_channels: Optional[int] = None):
         super().__init__()
         r = kernel_size // 2
         self.channels, self.kernel_size, self.radius, self.first = channels, kernel_size, r, first
@@ -84,6 +93,19 @@ class GatedLayer(nn.Module):
         self.cond = nn.Embedding(num_classes, 4 * channels) if num_classes else None
         if cond_dim:
             self.cond = nn.Linear(cond_dim, 4 * channels, bias=False)
+        self.cond_map = (nn.Conv2d(cond_channels, 4 * channels, 1, bias=False)
+                         if cond_channels else None)
+
+    def spatial_conditioning(self, s: Optional[torch.Tensor]) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Spatial conditioning terms (V_v * s, V_h * s), each (B, 2C, H, W), or
+        (None, None) without a conditioning map (paper Eq. 5)."""
+        if self.cond_map is None:
+            return None, None
+        if s is None or s.dim() != 4 or s.shape[1] != self.cond_map.in_channels:
+            got = None if s is None else tuple(s.shape)
+            raise ValueError("this network is conditioned on a spatial map: pass s, (batch, "
+                             f"{self.cond_map.in_channels}, H, W) float; got {got}")
+        return self.cond_map(s).chunk(2, dim=1)
 
     def conditioning(self, y: Optional[torch.Tensor]) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Conditioning terms (V_v y, V_h y), each (B, 2C), or (None, None) when
@@ -98,7 +120,8 @@ class GatedLayer(nn.Module):
         return self.cond(y).chunk(2, dim=-1)
 
     def forward(self, v: torch.Tensor, h: torch.Tensor,
-                y: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                y: Optional[torch.Tensor] = None,
+                s: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         height, width = v.shape[-2:]
         r = self.radius
         v_pre = self.v_conv(F.pad(v, (r, r, r, 0)))[..., :height, :]  # (B, 2C, H, W)
@@ -107,6 +130,9 @@ class GatedLayer(nn.Module):
         if cv is not None:
             v_pre = v_pre + cv[..., None, None]
             h_pre = h_pre + ch[..., None, None]
+        sv, sh = self.spatial_conditioning(s)
+        if sv is not None:
+            v_pre, h_pre = v_pre + sv, h_pre + sh
         v_new = gate(v_pre)  # (B, C, H, W)
         h_new = self.h_out(gate(h_pre))
         if not self.first:
@@ -132,6 +158,8 @@ class GatedPixelCNN(nn.Module):
             what the samplers of :mod:`lvm_pyro.nn.pixelcnn_sampling` need); another
             value gives per-position parameters of a parametric likelihood (e.g. a
             discretised logistic's location and log-scale).
+        cond_channels: optional spatial conditioning (paper Eq. 5): S channels of a map
+            s (B, S, H, W) passed as ``s``, read through a 1x1 convolution in every layer.
 
     Raises:
         ValueError: a size out of range, an even kernel, both ``num_classes`` and
@@ -141,7 +169,7 @@ class GatedPixelCNN(nn.Module):
     def __init__(self, num_codes: int, channels: int = 64, num_layers: int = 8,
                  kernel_size: int = 3, num_classes: Optional[int] = None,
                  head_dim: Optional[int] = None, cond_dim: Optional[int] = None,
-                 num_outputs: Optional[int] = None):
+                 num_outputs: Optional[int] = None, cond_channels: Optional[int] = None):
         super().__init__()
         if num_codes < 2:
             raise ValueError(f"num_codes must be >= 2, got {num_codes}")
@@ -155,6 +183,8 @@ class GatedPixelCNN(nn.Module):
             raise ValueError(f"cond_dim must be None or >= 1, got {cond_dim}")
         if cond_dim is not None and num_classes is not None:
             raise ValueError("pass num_classes (labels) or cond_dim (a vector), not both")
+        if cond_channels is not None and cond_channels < 1:
+            raise ValueError(f"cond_channels must be None or >= 1, got {cond_channels}")
         if num_outputs is not None and num_outputs < 1:
             raise ValueError(f"num_outputs must be None or >= 1, got {num_outputs}")
         num_outputs = num_codes if num_outputs is None else int(num_outputs)
@@ -163,10 +193,11 @@ class GatedPixelCNN(nn.Module):
         self.kernel_size, self.radius = int(kernel_size), int(kernel_size) // 2
         self.num_classes = num_classes
         self.cond_dim, self.num_outputs = cond_dim, num_outputs
+        self.cond_channels = cond_channels
         self.embed = nn.Embedding(num_codes, channels)
         self.layers = nn.ModuleList(
             GatedLayer(channels, kernel_size, first=(l == 0), num_classes=num_classes,
-                       cond_dim=cond_dim)
+                       cond_dim=cond_dim, cond_channels=cond_channels)
             for l in range(num_layers))
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, head_dim, 1), nn.ReLU(),
                                   nn.Conv2d(head_dim, num_outputs, 1))
@@ -176,23 +207,43 @@ class GatedPixelCNN(nn.Module):
         """How far up / left / right the output at a position reaches: (k // 2) * L."""
         return self.radius * self.num_layers
 
-    def features(self, e: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def after_layer(self, l: int, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """Hook on the horizontal features h (B, C, H, W) after layer ``l`` (e (B, C, H, W)
+        is the embedded input): the identity here; subclasses insert blocks (e.g. causal
+        self-attention) that keep causality."""
+        return h
+
+    def after_layer_step(self, l: int, h: torch.Tensor, e_prev: torch.Tensor, cache: dict,
+                         position: tuple[int, int, int, int]) -> torch.Tensor:
+        """:meth:`after_layer` at one position, for the cached sampler: h (B, C) the
+        horizontal features at ``position = (i, j, H, W)``, e_prev (B, C) the embedded
+        code at the previous position in raster order (zeros at (0, 0)), ``cache`` a dict
+        owned by the sampler (empty at the start of a draw) for state kept across
+        positions (e.g. an attention key / value cache). The identity here."""
+        return h
+
+    def features(self, e: torch.Tensor, y: Optional[torch.Tensor] = None,
+                 s: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Last horizontal-stack features from embedded input e (B, C, H, W) float:
         (B, C, H, W). The output head is 1x1, so these carry the network's whole
         dependency structure (used by the causality tests)."""
         v, h = e, e
-        for layer in self.layers:
-            v, h = layer(v, h, y)
+        for l, layer in enumerate(self.layers):
+            v, h = layer(v, h, y, s)
+            h = self.after_layer(l, h, e)
         return h
 
-    def forward_embedded(self, e: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward_embedded(self, e: torch.Tensor, y: Optional[torch.Tensor] = None,
+                         s: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits from embedded input e (B, C, H, W) float: (B, K, H, W)."""
-        return self.head(self.features(e, y))
+        return self.head(self.features(e, y, s))
 
-    def forward(self, codes: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, codes: torch.Tensor, y: Optional[torch.Tensor] = None,
+                s: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits of p(c_ij | c_<ij): codes (B, H, W) int64 -> (B, K, H, W), float (K =
         ``num_outputs``, by default ``num_codes``); y: (B,) int64 labels, (B, cond_dim)
-        float or None. The logits at (i, j) depend only on codes before (i, j) in raster
-        order (and on y)."""
+        float or None; s: (B, S, H, W) spatial conditioning map (``cond_channels``) or
+        None. The logits at (i, j) depend only on codes before (i, j) in raster order
+        (and on y and s)."""
         e = self.embed(codes).permute(0, 3, 1, 2)  # (B, C, H, W)
-        return self.forward_embedded(e, y)
+        return self.forward_embedded(e, y, s)

@@ -53,7 +53,8 @@ def inverse_cdf(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return k.clamp_(max=logits.shape[-1] - 1)
 
 
-def _check(net: GatedPixelCNN, uniforms: torch.Tensor, y: Optional[torch.Tensor]):
+def _check(net: GatedPixelCNN, uniforms: torch.Tensor, y: Optional[torch.Tensor],
+           s: Optional[torch.Tensor] = None):
     if uniforms.dim() != 3:
         raise ValueError(f"uniforms must be (num_samples, H, W), got shape {tuple(uniforms.shape)}")
     p = next(net.parameters())
@@ -62,11 +63,20 @@ def _check(net: GatedPixelCNN, uniforms: torch.Tensor, y: Optional[torch.Tensor]
                          f"{p.device}), got ({uniforms.dtype}, {uniforms.device})")
     if net.num_classes is not None and (y is None or y.shape != uniforms.shape[:1]):
         raise ValueError("a class-conditional network needs y of shape (num_samples,)")
+    cond_channels = getattr(net, "cond_channels", None)
+    if cond_channels is not None:
+        want = (uniforms.shape[0], cond_channels, *uniforms.shape[1:])
+        if s is None or tuple(s.shape) != want:
+            raise ValueError(f"a spatially conditioned network needs s of shape {want}, got "
+                             f"{None if s is None else tuple(s.shape)}")
+    elif s is not None:
+        raise ValueError("s was given but the network has no spatial conditioning "
+                         "(cond_channels=None)")
 
 
 @torch.no_grad()
 def sample_naive(net: GatedPixelCNN, uniforms: torch.Tensor,
-                 y: Optional[torch.Tensor] = None) -> SampleResult:
+                 y: Optional[torch.Tensor] = None, s: Optional[torch.Tensor] = None) -> SampleResult:
     """Reference sampler: one full forward pass of ``net`` per position.
 
     Args:
@@ -74,20 +84,22 @@ def sample_naive(net: GatedPixelCNN, uniforms: torch.Tensor,
         uniforms: (B, H, W) in [0, 1), the network's dtype and device; ``uniforms[:, i, j]``
             draws position (i, j).
         y: (B,) int64 class labels for a class-conditional network, else None.
+        s: (B, S, H, W) spatial conditioning map for a network with ``cond_channels``
+            (van den Oord et al. 2016, Eq. 5), else None.
 
     Returns:
         :class:`SampleResult`.
 
     Raises:
-        ValueError: bad shapes / dtypes, or a missing ``y``.
+        ValueError: bad shapes / dtypes, or a missing ``y`` or ``s``.
     """
-    _check(net, uniforms, y)
+    _check(net, uniforms, y, s)
     b, height, width = uniforms.shape
     codes = torch.zeros(b, height, width, dtype=torch.long, device=uniforms.device)
     logits = uniforms.new_zeros(b, net.num_codes, height, width)
     for i in range(height):
         for j in range(width):
-            lg = net(codes, y)[:, :, i, j]  # (B, K)
+            lg = net(codes, y, s)[:, :, i, j]  # (B, K)
             logits[:, :, i, j] = lg
             codes[:, i, j] = inverse_cdf(lg, uniforms[:, i, j])
     return SampleResult(codes, logits)
@@ -95,7 +107,7 @@ def sample_naive(net: GatedPixelCNN, uniforms: torch.Tensor,
 
 @torch.no_grad()
 def sample_cached(net: GatedPixelCNN, uniforms: torch.Tensor,
-                  y: Optional[torch.Tensor] = None) -> SampleResult:
+                  y: Optional[torch.Tensor] = None, s: Optional[torch.Tensor] = None) -> SampleResult:
     """Cached sampler (Ramachandran et al. 2017): same arguments, result and errors as
     :func:`sample_naive`, without recomputing the grid for every position.
 
@@ -106,9 +118,12 @@ def sample_cached(net: GatedPixelCNN, uniforms: torch.Tensor,
     * ``vert[l]``: the vertical output of layer l, same shape, filled one row at a time;
     * ``v2h[l]``: for the current row, layer l's contribution of the vertical stack and
       the class to the horizontal pre-activation, (B, W, 2C);
-    * ``hrow[l]``: the horizontal output of layer l on the current row, (B, r + W, C).
+    * ``hrow[l]``: the horizontal output of layer l on the current row, (B, r + W, C);
+    * ``step_cache``: the network's own state across positions for its
+      :meth:`~lvm_pyro.nn.pixelcnn.GatedPixelCNN.after_layer_step` blocks (e.g. the
+      key / value cache of causal self-attention).
     """
-    _check(net, uniforms, y)
+    _check(net, uniforms, y, s)
     b, height, width = uniforms.shape
     r, c, num_layers = net.radius, net.channels, net.num_layers
     device = uniforms.device
@@ -117,6 +132,10 @@ def sample_cached(net: GatedPixelCNN, uniforms: torch.Tensor,
     vw = [l.v_conv.weight.permute(0, 2, 3, 1).reshape(2 * c, -1) for l in layers]  # (2C, tap*k*C)
     hw = [l.h_conv.weight.permute(0, 2, 3, 1).reshape(2 * c, -1) for l in layers]  # (2C, tap*C)
     conds = [l.conditioning(y) for l in layers]
+    # spatial conditioning (Eq. 5), channels-last: each (B, H, W, 2C) or None
+    sconds = [tuple(None if t is None else t.permute(0, 2, 3, 1) for t in l.spatial_conditioning(s))
+              for l in layers]
+    step_cache: dict = {}
     head1, head2 = net.head[1], net.head[3]
     emb = uniforms.new_zeros(b, r + height, width + 2 * r, c)
     vert = [uniforms.new_zeros(b, r + height, width + 2 * r, c) for _ in layers[:-1]]
@@ -141,12 +160,18 @@ def sample_cached(net: GatedPixelCNN, uniforms: torch.Tensor,
             if cv is not None:
                 v_pre = v_pre + cv[:, None, :]
                 to_h = to_h + ch[:, None, :]
+            sv, sh = sconds[l]
+            if sv is not None:
+                v_pre = v_pre + sv[:, i]
+                to_h = to_h + sh[:, i]
             if l < num_layers - 1:
                 vert[l][:, i + r, r:r + width] = gate(v_pre, dim=-1)
                 src = vert[l]
             v2h.append(to_h)
         # horizontal stack, one position at a time
         for j in range(width):
+            t = i * width + j - 1  # previous position in raster order (zero border at t < 0)
+            e_prev = emb[:, t // width + r, t % width + r]  # (B, C)
             h = None
             for l, layer in enumerate(layers):
                 if layer.first:
@@ -157,7 +182,7 @@ def sample_cached(net: GatedPixelCNN, uniforms: torch.Tensor,
                 out = F.linear(gate(pre, dim=-1), layer.h_out.weight[:, :, 0, 0], layer.h_out.bias)
                 if not layer.first:
                     out = out + h
-                h = out  # (B, C)
+                h = net.after_layer_step(l, out, e_prev, step_cache, (i, j, height, width))  # (B, C)
                 if l < num_layers - 1:
                     hrow[l][:, j + r] = h
             z = F.linear(torch.relu(h), head1.weight[:, :, 0, 0], head1.bias)

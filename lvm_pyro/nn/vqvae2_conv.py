@@ -1,0 +1,154 @@
+"""Encoder and decoder of a two-level VQ-VAE (VQ-VAE-2, Razavi et al. 2019, Sec. 3.1 and
+Fig. 2a): the bottom features at 1 / 2^b of the image, the top at half of that; the
+bottom encoder reads the quantised top grid, the decoder reads both. Any leading batch
+dimensions."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .vq_conv import ResidualStack, _check
+
+__all__ = ["VQVAE2Encoder", "VQVAE2Decoder"]
+
+
+def _flat(t: torch.Tensor, event_dims: int) -> tuple[torch.Tensor, torch.Size]:
+    batch = t.shape[:-event_dims]
+    return t.reshape(-1, *t.shape[-event_dims:]), batch
+
+
+def _check_downsample(bottom_downsample: int) -> None:
+    if bottom_downsample < 1:
+        raise ValueError(f"bottom_downsample must be >= 1 (stride-2 layers to the bottom grid), "
+                         f"got {bottom_downsample}")
+
+
+class VQVAE2Encoder(nn.Module):
+    """Images (..., C, H, W) -> bottom features (..., channels, H / f, W / f), f =
+    2^``bottom_downsample``; top encoder outputs (..., D, H / 2f, W / 2f); bottom encoder
+    outputs (..., D, H / f, W / f) from the bottom features and the quantised top grid
+    (upsampled by a transposed convolution).
+
+    Args:
+        in_channels: C.
+        embedding_dim: D, channels of both z_e grids.
+        channels, res_channels, num_res_blocks: widths, as
+            :class:`lvm_pyro.nn.VQConvEncoder`.
+        bottom_downsample: stride-2 convolutions from the image to the bottom grid
+            (default 1: 32x32 images give a 16x16 bottom and an 8x8 top grid).
+
+    Use ``h = features(x)``, ``z_e_top = top(h)``, then ``z_e_bottom = bottom(h, z_q_top)``.
+
+    Raises:
+        ValueError: bad widths; at call time, a wrong channel count or H, W not divisible
+            by 2f.
+    """
+
+    def __init__(self, in_channels: int, embedding_dim: int, channels: int = 64,
+                 res_channels: int = 32, num_res_blocks: int = 2, bottom_downsample: int = 1):
+        super().__init__()
+        _check(channels, res_channels, num_res_blocks)
+        _check_downsample(bottom_downsample)
+        self.in_channels, self.embedding_dim = int(in_channels), int(embedding_dim)
+        self.factor = 2 ** int(bottom_downsample)
+        down: list[nn.Module] = []
+        c_in = in_channels
+        for _ in range(bottom_downsample):
+            down += [nn.Conv2d(c_in, channels, 4, 2, 1), nn.ReLU()]
+            c_in = channels
+        self.features_net = nn.Sequential(*down, nn.Conv2d(channels, channels, 3, 1, 1),
+                                          ResidualStack(channels, res_channels, num_res_blocks))
+        self.top_net = nn.Sequential(
+            nn.Conv2d(channels, channels, 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, 1, 1),
+            ResidualStack(channels, res_channels, num_res_blocks),
+            nn.Conv2d(channels, embedding_dim, 1))
+        self.top_up = nn.ConvTranspose2d(embedding_dim, channels, 4, 2, 1)
+        self.bottom_net = nn.Sequential(nn.Conv2d(2 * channels, channels, 3, 1, 1), nn.ReLU(),
+                                        nn.Conv2d(channels, embedding_dim, 1))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., C, H, W) -> (..., channels, H / f, W / f)."""
+        f2 = 2 * self.factor
+        if x.dim() < 4 or x.shape[-3] != self.in_channels or x.shape[-2] % f2 or x.shape[-1] % f2:
+            raise ValueError(f"VQVAE2Encoder expects (..., {self.in_channels}, H, W) with H, W "
+                             f"divisible by {f2}, got {tuple(x.shape)}")
+        flat, batch = _flat(x, 3)
+        h = self.features_net(flat)
+        return h.reshape(*batch, *h.shape[-3:])
+
+    def top(self, h: torch.Tensor) -> torch.Tensor:
+        """Top z_e: bottom features (..., channels, h, w) -> (..., D, h / 2, w / 2)."""
+        flat, batch = _flat(h, 3)
+        z = self.top_net(flat)
+        return z.reshape(*batch, *z.shape[-3:])
+
+    def bottom(self, h: torch.Tensor, z_q_top: torch.Tensor) -> torch.Tensor:
+        """Bottom z_e from features h (..., channels, h, w) and the quantised top grid
+        z_q_top (..., D, h / 2, w / 2): (..., D, h, w)."""
+        batch = torch.broadcast_shapes(h.shape[:-3], z_q_top.shape[:-3])
+        hf = h.expand(*batch, *h.shape[-3:]).reshape(-1, *h.shape[-3:])
+        zf = z_q_top.expand(*batch, *z_q_top.shape[-3:]).reshape(-1, *z_q_top.shape[-3:])
+        up = self.top_up(zf)  # (B', channels, h, w)
+        if up.shape[-2:] != hf.shape[-2:]:
+            raise ValueError(f"z_q_top of spatial shape {tuple(z_q_top.shape[-2:])} does not "
+                             f"upsample to the bottom grid {tuple(h.shape[-2:])}")
+        z = self.bottom_net(torch.cat([hf, up], dim=1))
+        return z.reshape(*batch, *z.shape[-3:])
+
+
+class VQVAE2Decoder(nn.Module):
+    """Quantised grids z_q_top (..., D, h / 2, w / 2) and z_q_bottom (..., D, h, w) ->
+    likelihood parameters (..., *out_shape), out_shape = (P, C, f h, f w) or (C, f h, f w),
+    f = 2^``bottom_downsample``: the top grid upsampled by a transposed convolution,
+    concatenated with the bottom grid, a residual stack, then transposed convolutions.
+
+    Args:
+        embedding_dim: D.
+        out_shape: event shape of the output.
+        channels, res_channels, num_res_blocks, bottom_downsample: as
+            :class:`VQVAE2Encoder`.
+
+    Raises:
+        ValueError: bad widths; at call time, shapes that do not fit.
+    """
+
+    def __init__(self, embedding_dim: int, out_shape: Sequence[int], channels: int = 64,
+                 res_channels: int = 32, num_res_blocks: int = 2, bottom_downsample: int = 1):
+        super().__init__()
+        _check(channels, res_channels, num_res_blocks)
+        _check_downsample(bottom_downsample)
+        self.embedding_dim = int(embedding_dim)
+        self.out_shape = tuple(int(s) for s in out_shape)
+        out_c = 1
+        for s in self.out_shape[:-2]:
+            out_c *= s
+        self.top_up = nn.ConvTranspose2d(embedding_dim, embedding_dim, 4, 2, 1)
+        up: list[nn.Module] = []
+        for _ in range(bottom_downsample - 1):
+            up += [nn.ConvTranspose2d(channels, channels, 4, 2, 1), nn.ReLU()]
+        self.net = nn.Sequential(
+            nn.Conv2d(2 * embedding_dim, channels, 3, 1, 1),
+            ResidualStack(channels, res_channels, num_res_blocks), *up,
+            nn.ConvTranspose2d(channels, out_c, 4, 2, 1))
+
+    def forward(self, z_top: torch.Tensor, z_bottom: torch.Tensor) -> torch.Tensor:
+        d = self.embedding_dim
+        if z_top.dim() < 4 or z_bottom.dim() < 4 or z_top.shape[-3] != d or z_bottom.shape[-3] != d:
+            raise ValueError(f"VQVAE2Decoder expects (..., {d}, h, w) grids, got "
+                             f"{tuple(z_top.shape)} and {tuple(z_bottom.shape)}")
+        batch = torch.broadcast_shapes(z_top.shape[:-3], z_bottom.shape[:-3])
+        zt = z_top.expand(*batch, *z_top.shape[-3:]).reshape(-1, *z_top.shape[-3:])
+        zb = z_bottom.expand(*batch, *z_bottom.shape[-3:]).reshape(-1, *z_bottom.shape[-3:])
+        up = self.top_up(zt)
+        if up.shape[-2:] != zb.shape[-2:]:
+            raise ValueError(f"the top grid {tuple(z_top.shape[-2:])} must be half the bottom "
+                             f"grid {tuple(z_bottom.shape[-2:])}")
+        out = self.net(torch.cat([up, zb], dim=1))
+        if tuple(out.shape[-2:]) != self.out_shape[-2:]:
+            raise ValueError(f"decoder produced {tuple(out.shape[-2:])} pixels but out_shape "
+                             f"asks for {self.out_shape[-2:]}")
+        return out.reshape(*batch, *self.out_shape)

@@ -399,7 +399,8 @@ class Trainer:
             if self.epoch > epochs:
                 raise CheckpointError(
                     f"the checkpoint already holds {self.epoch} epochs, more than the {epochs} "
-                    f"asked for; resume with --epochs >= {self.epoch} (or evaluate the run as is)")
+                    f"asked for; fit with epochs >= {self.epoch} (the command line's --epochs), "
+                    "or evaluate the run as is")
         n = x.shape[0]
         steps_per_epoch = math.ceil(n / self.batch_size)
         bar = EpochProgress(max(0, epochs - self.epoch) * steps_per_epoch,
@@ -422,7 +423,8 @@ class Trainer:
                     if not math.isfinite(per_point):
                         raise FloatingPointError(
                             f"loss became {per_point} at epoch {self.epoch + 1}, step "
-                            f"{self.step}; lower the learning rate (--lr) or check the data")
+                            f"{self.step}; lower the learning rate (lr, the command line's --lr) "
+                            "or check the data")
                     total += per_point * len(idx)
                     count += len(idx)
                     losses.append(per_point)

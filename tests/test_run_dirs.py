@@ -198,3 +198,24 @@ def test_diagnose_skips_only_what_does_not_apply(tmp_path):
     assert d["nuts"]["skipped"].startswith("not applicable: site 'codes' is discrete")
     assert d["sbc"]["skipped"].startswith("not requested")
     assert d["latent"] == "codes"
+
+
+def test_resume_of_a_run_interrupted_in_its_first_epoch_starts_afresh(tmp_path, capsys):
+    """A run stopped before its first checkpoint leaves only config.json: the interrupt hint
+    says --resume, and --resume then trains exactly as a fresh run (no 'already holds a
+    run' refusal)."""
+    from lvm_pyro.cli import main
+
+    args = ["fit", "--epochs", "1", "--z-dim", "2", "--hidden-dim", "8", "--num-hidden", "1",
+            "--num-samples", "2", "--num-test", "10", "--no-progress"]
+    fresh, half = tmp_path / "fresh", tmp_path / "half"
+    assert main(args + ["--out", str(fresh)]) == 0
+    half.mkdir()
+    (half / "config.json").write_text((fresh / "config.json").read_text())  # no checkpoint
+    capsys.readouterr()
+    assert main(args + ["--out", str(half), "--resume"]) == 0
+    out = capsys.readouterr()
+    assert "nothing to resume" in out.out + out.err
+    a = json.loads((fresh / "metrics.json").read_text())
+    b = json.loads((half / "metrics.json").read_text())
+    assert a["test_nll"] == b["test_nll"] and a["test_elbo"] == b["test_elbo"]

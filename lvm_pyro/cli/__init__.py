@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from . import diagnose, disentanglement, evaluate, fit, fit_prior, sample
@@ -77,7 +78,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except KeyboardInterrupt:
         out = getattr(args, "out", None) if args.command == "fit" else None
-        hint = (f"; the last completed epoch is in {out}/checkpoint.pt: rerun the same command "
-                "with --resume to continue exactly") if out else ""
+        hint = ""
+        if out and (Path(out) / "checkpoint.pt").exists():
+            hint = (f"; the last completed epoch is in {out}/checkpoint.pt: rerun the same "
+                    "command with --resume to continue exactly")
+        elif out:
+            hint = (f"; no epoch was completed, so there is no checkpoint in {out}: rerun the "
+                    "same command with --resume (or --force) to start afresh")
         print(f"lvm-pyro: interrupted{hint}", file=sys.stderr)
         return 130

@@ -29,8 +29,8 @@ from .loop import Trainer
 from .pictures import (prior_draws, prior_samples, save_grid, save_loss_curve, save_reconstructions,
                        save_scatter)
 from .progress import progress_iter
-from .rundir import (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, prepare_run_dir, read_json,
-                     write_json)
+from .rundir import (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, holds_run, prepare_run_dir,
+                     read_json, write_json)
 
 __all__ = ["Run", "load_run", "train_run", "evaluate_run", "sample_run", "prepare_data",
            "load_run_data",
@@ -190,7 +190,8 @@ def train_run(config: RunConfig | Mapping, out: str | Path, *, resume: bool = Fa
     if resume and not (out / CHECKPOINT_FILE).exists():
         if log is not None:
             log(f"no checkpoint in {out}: nothing to resume, starting a fresh run")
-        resume = False
+        # what is there (a config.json of a run interrupted in its first epoch) is replaced
+        resume, overwrite = False, holds_run(out)
     if resume and cfg_path.exists():
         old, _ = read_run_config(out)
         moves = ("epochs", "data_root")  # more epochs, or the data found elsewhere

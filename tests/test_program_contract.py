@@ -342,3 +342,35 @@ def test_latent_parents_are_found_without_provenance_tracking(monkeypatch):
     x = torch.randn(6, 2)
     assert guide_parents(_hier_guide, x, "z2") == ["z1"]
     assert guide_parents(_hier_guide, x, "z1") == []
+
+
+def test_unregistered_guide_module_is_named_not_blamed_on_another_instance():
+    """A function model registering its decoder with pyro.module and a guide module that
+    forgets to: the Trainer names the guide's unregistered tensors (they would keep their
+    initial values), instead of claiming the decoder belongs to another instance."""
+    import torch.nn as nn
+    from lvm_pyro.sites import data_plate
+    from lvm_pyro.training.loop import UnregisteredParameterWarning
+
+    dec = nn.Linear(2, 4)
+
+    class Guide(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.Linear(4, 4)
+
+        def forward(self, x, num_data=None, idx=None):
+            h = self.enc(x)
+            with data_plate(x, num_data, idx):
+                pyro.sample("z", dist.Normal(h[..., :2], h[..., 2:].exp()).to_event(1))
+
+    def model(x, num_data=None, idx=None):
+        pyro.module("dec", dec)
+        with data_plate(x, num_data, idx):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(dec(z), 1.0).to_event(1), obs=x)
+
+    guide = Guide()
+    with pytest.warns(UnregisteredParameterWarning, match=r"guide\.enc\.weight \(4, 4\)"):
+        Trainer(model, guide, Trace_ELBO(), batch_size=10, progress=False,
+                binarization="none").fit(torch.randn(50, 4), 1)

@@ -545,12 +545,23 @@ def check_param_ownership(modules: dict) -> None:
     """
     store = pyro.get_param_store()
     stored = {id(p) for _, p in store.named_parameters()}
-    own = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
-    missing = [p for p in own if id(p) not in stored]
+    own = [(n, p) for m in modules.values() for n, p in m.named_parameters() if p.requires_grad]
+    missing = [(n, p) for n, p in own if id(p) not in stored]
     if not missing:
         return
-    owned = {id(p) for p in own}
-    foreign = [n for n, p in store.named_parameters() if id(p) not in owned]
+    owned = {id(p) for _, p in own}
+
+    def same_place(store_name: str, path: str, p: torch.Tensor, q: torch.Tensor) -> bool:
+        # PyroModule names a parameter by its attribute path, pyro.module by "name$$$path"
+        flat = store_name.replace("$$$", ".")
+        named = flat == path or flat.endswith("." + path) or path.endswith("." + flat)
+        return named and tuple(p.shape) == tuple(q.shape)
+
+    # another instance's tensors stored under the names these modules' parameters would
+    # have; a parameter missing for another reason (a module the program never registers
+    # with pyro.module) is left to the Trainer's unregistered-parameter warning
+    foreign = [n for n, q in store.named_parameters() if id(q) not in owned
+               and any(same_place(n, path, p, q) for path, p in missing)]
     if foreign:
         raise ProgramContractError(
             f"Pyro's param store holds {len(foreign)} parameters under this model's names "

@@ -374,3 +374,13 @@ def test_unregistered_guide_module_is_named_not_blamed_on_another_instance():
     with pytest.warns(UnregisteredParameterWarning, match=r"guide\.enc\.weight \(4, 4\)"):
         Trainer(model, guide, Trace_ELBO(), batch_size=10, progress=False,
                 binarization="none").fit(torch.randn(50, 4), 1)
+
+
+def test_empty_data_is_one_clear_error_for_the_estimators():
+    g = torch.Generator().manual_seed(0)
+    lg = LinearGaussianModel(torch.randn(3, 2, generator=g), torch.zeros(3), 0.5)
+    guide = LinearGaussianPosteriorGuide(lg)
+    with pytest.raises(ValueError, match="x holds no datapoints"):
+        log_marginal_likelihood(lg, guide, torch.zeros(0, 3), 4)
+    with pytest.raises(ValueError, match="x holds no datapoints"):
+        IWAE_ELBO(2).loss(lg, guide, torch.zeros(0, 3))

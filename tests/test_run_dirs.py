@@ -219,3 +219,14 @@ def test_resume_of_a_run_interrupted_in_its_first_epoch_starts_afresh(tmp_path, 
     a = json.loads((fresh / "metrics.json").read_text())
     b = json.loads((half / "metrics.json").read_text())
     assert a["test_nll"] == b["test_nll"] and a["test_elbo"] == b["test_elbo"]
+
+
+def test_a_file_where_a_folder_should_be_is_one_clear_error(tmp_path, capsys):
+    from lvm_pyro.cli import main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert main(["fit", "--epochs", "1", "--out", str(blocker), "--no-progress"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["sample", str(tmp_path / "nowhere")]) == 2
+    assert not (tmp_path / "nowhere").exists()  # nothing created for a missing run

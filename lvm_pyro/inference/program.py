@@ -366,7 +366,7 @@ class _DataPlateCheck(Messenger):
                 f"minibatch indices idx, so its rows are not the rows of x; build the plate "
                 f"with pyro.plate('{DATA_PLATE}', num_data, subsample=idx) (for an autoguide: "
                 f"AutoNormal(model, create_plates=lambda x, num_data=None, idx=None: "
-                f"pyro.plate('{DATA_PLATE}', num_data, subsample=idx)))")
+                f"pyro.plate('{DATA_PLATE}', num_data or len(x), subsample=idx)))")
 
 
 def _idx_for(fn: Callable, idx: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -582,8 +582,12 @@ def discover(model: Callable, guide: Callable, x: torch.Tensor, *,
             outside the ``"data"`` plate (a global latent); a model latent missing from the guide
             or with another shape there; a guide ``pyro.factor`` without ``has_rsample``;
             floating data whose dtype differs from a module program's parameters (when the
-            run fails).
+            run fails); ``x`` with no datapoints.
     """
+    if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[0] == 0:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ProgramContractError(f"x holds no datapoints (shape {shape}); pass a (batch, ...) "
+                                   "tensor with batch >= 1")
     batch = x.shape[0]
     rng = get_rng_state()
     try:

@@ -29,8 +29,8 @@ from .loop import Trainer
 from .pictures import (prior_draws, prior_samples, save_grid, save_loss_curve, save_reconstructions,
                        save_scatter)
 from .progress import progress_iter
-from .rundir import (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, holds_run, prepare_run_dir,
-                     read_json, write_json)
+from .rundir import (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, ensure_directory, holds_run,
+                     prepare_run_dir, read_json, write_json)
 
 __all__ = ["Run", "load_run", "train_run", "evaluate_run", "sample_run", "prepare_data",
            "load_run_data",
@@ -439,9 +439,9 @@ def sample_run(run_dir: str | Path, *, num_samples: int = 64, model=None, guide=
         raise ConfigError("num_samples", f"must be >= 1, got {num_samples}")
     run_dir = Path(run_dir)
     out_dir = run_dir if out_dir is None else Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if model is None:
         model, guide, config, _ = load_run(run_dir, data_root=data_root)
+    ensure_directory(out_dir, "picture folder")
     config = as_run_config(config)
     x = prepare_data(config, "test", config.train.device)
     if x.dim() == 2 and x.shape[1] == 2:  # 2-D data: a scatter of data vs model samples

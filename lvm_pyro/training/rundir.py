@@ -17,7 +17,7 @@ from .checkpoint import CheckpointError
 
 __all__ = ["CONFIG_FILE", "CHECKPOINT_FILE", "METRICS_FILE", "RUN_MARKERS", "RUN_ARTIFACTS",
            "RunExistsError", "RunFileError", "read_json", "write_json", "holds_run",
-           "prepare_run_dir"]
+           "prepare_run_dir", "ensure_directory"]
 
 CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE = "config.json", "checkpoint.pt", "metrics.json"
 #: a directory holding any of these holds a run
@@ -71,6 +71,21 @@ def holds_run(run_dir: str | Path) -> bool:
     return any((run_dir / name).exists() for name in RUN_MARKERS)
 
 
+def ensure_directory(path: str | Path, what: str = "run directory") -> Path:
+    """Create the folder ``path`` (and its parents) unless it exists.
+
+    Raises:
+        RunFileError: ``path`` (or a parent) exists and is not a folder.
+    """
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            raise RunFileError(f"the {what} {path} cannot be created: {p} is a file, not a "
+                               "folder; choose another path")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def prepare_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool,
                     clear: bool = True) -> Path:
     """Make ``run_dir`` ready for training.
@@ -84,9 +99,14 @@ def prepare_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool,
 
     Raises:
         RunExistsError: the directory holds a run and neither flag is set.
+        RunFileError: the path (or a parent) is a file.
         ValueError: both flags are set.
     """
     run_dir = Path(run_dir)
+    for p in (run_dir, *run_dir.parents):
+        if p.exists() and not p.is_dir():
+            raise RunFileError(f"the run directory {run_dir} cannot be used: {p} is a file, "
+                               "not a folder; choose another --out")
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: resume continues the run "
                          "in the directory, overwrite replaces it")
@@ -104,5 +124,5 @@ def prepare_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool,
                 else:
                     p.unlink()
     if clear:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        ensure_directory(run_dir)
     return run_dir

@@ -109,7 +109,9 @@ def test_program_that_does_not_broadcast_gets_the_fix_and_a_sequential_path():
     for run in (lambda m: log_weights(m, _scalar_guide, x, 3, vectorize_particles=False).log_w,
                 lambda m: log_marginal_likelihood(m, _scalar_guide, x, 5, vectorize_particles=False),
                 lambda m: IWAE_ELBO(3, vectorize_particles=False).loss(m, _scalar_guide, x),
-                lambda m: VIMCO(3, vectorize_particles=False).loss(m, _scalar_guide, x)):
+                lambda m: VIMCO(3, vectorize_particles=False).loss(m, _scalar_guide, x),
+                lambda m: importance_diagnostics(m, _scalar_guide, x, 30,
+                                                 vectorize_particles=False).khat):
         pyro.set_rng_seed(3)
         left = run(_left_indexing_model)
         pyro.set_rng_seed(3)

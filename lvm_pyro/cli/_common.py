@@ -7,9 +7,20 @@ import argparse
 __all__ = ["add_threads", "add_data_root", "nll_line"]
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--threads 0`` or ``-4`` is one error line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
 def add_threads(p: argparse.ArgumentParser) -> None:
     """``--threads`` (torch CPU threads)."""
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=_positive_int, default=1,
                    help="torch CPU threads (default 1: small networks gain little from more, "
                         "and OpenMP threads competing with another busy process can run "
                         "~40x slower on a 2-core machine)")

@@ -35,10 +35,10 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
-from pyro.poutine.util import site_is_subsample
 
 from ..inference import guess_max_plate_nesting, iter_log_weights, log_weights, logmeanexp
 from ..inference.importance import effective_sample_size
+from ..inference.program import latent_sites, trace_program
 from ..sites import LATENT
 from .errors import NotApplicableError
 
@@ -127,7 +127,8 @@ def importance_ess(log_w: torch.Tensor | np.ndarray, *, exact_tol: float = EXACT
 def sample_log_weights(model: Callable, guide: Callable, x: torch.Tensor, num_samples: int, *,
                        latent: Optional[str | Sequence[str]] = LATENT,
                        chunk_size: Optional[int] = None,
-                       max_plate_nesting: Optional[int] = None
+                       max_plate_nesting: Optional[int] = None,
+                       vectorize_particles: bool = True
                        ) -> tuple[torch.Tensor, Optional[torch.Tensor | dict]]:
     """Log weights and (optionally) the guide's draws of one latent site, in chunks.
 
@@ -139,6 +140,8 @@ def sample_log_weights(model: Callable, guide: Callable, x: torch.Tensor, num_sa
             a dict name -> draws).
         chunk_size: particles per vectorised pass (default: keep particles x elements of x
             under 2**24).
+        vectorize_particles: ``False`` runs the particles one at a time, for programs
+            that do not broadcast over a leading particle dimension (slower, same weights).
 
     Returns:
         ``(log_w, z)``: log_w (S, batch) detached, nats; z (S, batch, *site_shape) detached
@@ -154,7 +157,8 @@ def sample_log_weights(model: Callable, guide: Callable, x: torch.Tensor, num_sa
             max_plate_nesting = guess_max_plate_nesting(model, guide, x)
         lws, zs = [], {n: [] for n in names}
         for out in iter_log_weights(model, guide, x, num_samples, chunk_size=chunk_size,
-                                    max_plate_nesting=max_plate_nesting):
+                                    max_plate_nesting=max_plate_nesting,
+                                    vectorize_particles=vectorize_particles):
             k = out.log_w.shape[0]
             lws.append(out.log_w.detach())
             for name in names:
@@ -192,7 +196,8 @@ def particles_by_datapoint(value: torch.Tensor, event_dim: int, num_particles: i
 
 
 @torch.no_grad()
-def check_stochastic_guide(model: Callable, guide: Callable, x: torch.Tensor) -> None:
+def check_stochastic_guide(model: Callable, guide: Callable, x: torch.Tensor, *,
+                           vectorize_particles: bool = True) -> None:
     """Raise when every latent site of the guide is a point mass (e.g. the VQ-VAE's
     one-hot code posterior): all log weights are then equal because q has no spread, not
     because q is the exact posterior, and k-hat / ESS would be meaningless.
@@ -204,14 +209,15 @@ def check_stochastic_guide(model: Callable, guide: Callable, x: torch.Tensor) ->
     Raises:
         ValueError: the guide's draws do not vary between particles.
     """
-    out = log_weights(model, guide, x, 2)
-    varies = False
-    for name, site in out.guide_trace.nodes.items():
-        if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
-            continue
-        v = site["value"]
-        if v.dim() > 0 and v.shape[0] == 2 and not torch.equal(v[0], v[1]):
-            varies = True
+    if vectorize_particles:
+        out = log_weights(model, guide, x, 2)
+        draws = [{n: s["value"] for n, s in latent_sites(out.guide_trace)}]
+        pairs = [(v[0], v[1]) for v in draws[0].values() if v.dim() > 0 and v.shape[0] == 2]
+    else:  # one particle per run: compare two runs of the guide
+        runs = [{n: s["value"] for n, s in latent_sites(trace_program(guide, x))}
+                for _ in range(2)]
+        pairs = [(runs[0][n], runs[1][n]) for n in runs[0] if n in runs[1]]
+    varies = any(not torch.equal(a, b) for a, b in pairs)
     if not varies:
         raise NotApplicableError("the guide's latent draws do not vary (a point-mass / deterministic "
                          "guide such as the VQ-VAE's one-hot codes): importance weights are "
@@ -287,7 +293,8 @@ def summarize_khat(khat: torch.Tensor | np.ndarray, num_samples: int,
 def importance_diagnostics(model: Callable, guide: Callable, x: torch.Tensor,
                            num_samples: int = 1000, *, exact_tol: float = EXACT_TOL,
                            chunk_size: Optional[int] = None,
-                           log_w: Optional[torch.Tensor] = None) -> ImportanceDiagnostics:
+                           log_w: Optional[torch.Tensor] = None,
+                           vectorize_particles: bool = True) -> ImportanceDiagnostics:
     """PSIS k-hat, importance ESS and log p(x) estimate of a guide, per datapoint.
 
     Args:
@@ -300,6 +307,8 @@ def importance_diagnostics(model: Callable, guide: Callable, x: torch.Tensor,
         chunk_size: particles per vectorised pass (see :func:`sample_log_weights`).
         log_w: optionally precomputed (S, batch) log weights (then model, guide and x are
             not run).
+        vectorize_particles: ``False`` runs the particles one at a time (see
+            :func:`sample_log_weights`).
 
     Returns:
         :class:`ImportanceDiagnostics` with ``khat``, ``ess``, ``log_marginal`` of shape
@@ -315,9 +324,10 @@ def importance_diagnostics(model: Callable, guide: Callable, x: torch.Tensor,
         if num_samples < MIN_SAMPLES:
             raise ValueError(f"num_samples must be >= {MIN_SAMPLES} (the Pareto fit needs 5 "
                              f"tail draws), got {num_samples}")
-        check_stochastic_guide(model, guide, x)
+        check_stochastic_guide(model, guide, x, vectorize_particles=vectorize_particles)
         log_w, _ = sample_log_weights(model, guide, x, num_samples, latent=None,
-                                      chunk_size=chunk_size)
+                                      chunk_size=chunk_size,
+                                      vectorize_particles=vectorize_particles)
     log_w = log_w.detach().double().cpu()
     num_samples = log_w.shape[0]
     khat = pareto_khat(log_w, exact_tol=exact_tol)

@@ -26,8 +26,6 @@ from __future__ import annotations
 import math
 from typing import Callable, NamedTuple
 
-import pyro.distributions as dist
-import pyro.poutine as poutine
 import torch
 from torch.distributions import kl_divergence
 

@@ -19,7 +19,6 @@ import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.trace_struct import Trace
 
-from ..sites import DATA_PLATE
 from .program import (ProgramContractError, check_shapes, data_plate_frame, discover,
                       is_auxiliary_site, outside_data_plate, plate_scale,
                       trace_guide_then_model, weighted_sites)

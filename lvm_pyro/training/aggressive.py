@@ -5,7 +5,7 @@ runs the steps (``aggressive=AggressiveEncoder(...)``)."""
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import torch
 

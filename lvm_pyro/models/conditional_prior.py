@@ -13,10 +13,9 @@ from pyro.nn import PyroModule
 
 from ..nn.code_conditioner import CodeConditioner
 from ..nn.pixelcnn import GatedPixelCNN
-from ..nn.pixelcnn_sampling import sample_cached, sample_naive
 from ..sites import CODES_BOTTOM, data_plate
 from .codes_prior import ModuleCodesPrior
-from .pixelcnn_prior import _check_codes
+from .pixelcnn_prior import _check_codes, _sampler
 
 __all__ = ["ConditionalPixelCNNPrior"]
 
@@ -146,20 +145,11 @@ class ConditionalPixelCNNPrior(PyroModule):
         Raises:
             ValueError: bad ``num_samples``, ``method``, ``uniforms``, ``context`` or ``y``.
         """
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        if method not in ("cached", "naive"):
-            raise ValueError(f"method must be 'cached' or 'naive', got {method!r}")
+        fn, uniforms = _sampler(self.net, self.grid_shape, num_samples, method, uniforms,
+                                generator)
         p = next(self.net.parameters())
-        if uniforms is None:
-            uniforms = torch.rand((num_samples, *self.grid_shape), generator=generator,
-                                  dtype=p.dtype, device=p.device)
-        elif tuple(uniforms.shape) != (num_samples, *self.grid_shape):
-            raise ValueError(f"uniforms must have shape {(num_samples, *self.grid_shape)}, got "
-                             f"{tuple(uniforms.shape)}")
         batch = torch.Size([num_samples])
         s = self.conditioner(self._context(context, batch).to(p.device))  # (n, S, H, W)
-        fn = sample_cached if method == "cached" else sample_naive
         return fn(self.net, uniforms, self._labels(y, batch, p.device), s).codes
 
     def distribution(self, context: torch.Tensor,

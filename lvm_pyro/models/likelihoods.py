@@ -12,7 +12,22 @@ import torch.nn.functional as F
 import pyro.distributions as dist
 
 __all__ = ["Likelihood", "BernoulliLikelihood", "GaussianLikelihood", "make_likelihood",
-           "LIKELIHOODS"]
+           "LIKELIHOODS", "check_observations"]
+
+
+def check_observations(x: torch.Tensor, event_shape: tuple, likelihood: "Likelihood",
+                       model: str) -> None:
+    """The one check a model runs on its data: ``x`` of shape (batch, *event_shape) and
+    inside ``likelihood``'s support.
+
+    Raises:
+        ValueError: another shape (the message names ``model`` and the expected shape), or
+            values outside the support (:meth:`Likelihood.check_support`).
+    """
+    if tuple(x.shape[1:]) != tuple(event_shape):
+        raise ValueError(f"{model} expects x of shape (batch, {tuple(event_shape)}), got "
+                         f"{tuple(x.shape)}")
+    likelihood.check_support(x, "x")
 
 
 class Likelihood:

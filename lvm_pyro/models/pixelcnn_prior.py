@@ -37,6 +37,28 @@ def _check_codes(codes: torch.Tensor, num_codes: int, grid_shape: tuple[int, int
                          f"[{int(codes.min())}, {int(codes.max())}]")
 
 
+def _sampler(net: GatedPixelCNN, grid_shape: tuple[int, int], num_samples: int, method: str,
+             uniforms: Optional[torch.Tensor], generator: Optional[torch.Generator]):
+    """The sampling function of ``method`` and the (num_samples, H, W) uniforms it consumes
+    (drawn in the network's dtype and device when ``uniforms`` is None), after checking
+    the arguments every PixelCNN prior's ``sample`` takes.
+
+    Raises:
+        ValueError: ``num_samples < 1``, an unknown ``method``, ``uniforms`` of another shape.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if method not in ("cached", "naive"):
+        raise ValueError(f"method must be 'cached' or 'naive', got {method!r}")
+    shape = (num_samples, *grid_shape)
+    if uniforms is None:
+        p = next(net.parameters())
+        uniforms = torch.rand(shape, generator=generator, dtype=p.dtype, device=p.device)
+    elif tuple(uniforms.shape) != shape:
+        raise ValueError(f"uniforms must have shape {shape}, got {tuple(uniforms.shape)}")
+    return (sample_cached if method == "cached" else sample_naive), uniforms
+
+
 class GatedPixelCNNPrior(PyroModule):
     """Gated PixelCNN prior over code grids::
 
@@ -131,22 +153,13 @@ class GatedPixelCNNPrior(PyroModule):
         Raises:
             ValueError: bad ``num_samples``, ``method``, ``uniforms`` or ``y``.
         """
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        if method not in ("cached", "naive"):
-            raise ValueError(f"method must be 'cached' or 'naive', got {method!r}")
+        fn, uniforms = _sampler(self.net, self.grid_shape, num_samples, method, uniforms,
+                                generator)
         p = next(self.net.parameters())
-        if uniforms is None:
-            uniforms = torch.rand((num_samples, *self.grid_shape), generator=generator,
-                                  dtype=p.dtype, device=p.device)
-        elif tuple(uniforms.shape) != (num_samples, *self.grid_shape):
-            raise ValueError(f"uniforms must have shape {(num_samples, *self.grid_shape)}, got "
-                             f"{tuple(uniforms.shape)}")
         if self.num_classes is not None:
             if y is None:
                 raise ValueError("this prior is class-conditional: pass y (num_samples,) labels")
             y = torch.as_tensor(y, device=p.device).long().expand(num_samples)
-        fn = sample_cached if method == "cached" else sample_naive
         return fn(self.net, uniforms, y).codes
 
     def distribution(self, y: Optional[torch.Tensor] = None) -> ModuleCodesPrior:

@@ -23,7 +23,8 @@ from pyro.nn import PyroModule
 from ..nn.pixelcnn import GatedPixelCNN
 from ..nn.pixelcnn_sampling import inverse_cdf, sample_cached, sample_naive
 from ..sites import LATENT, OBS, data_plate
-from .likelihoods import BernoulliLikelihood, DiscretizedLogisticLikelihood, Likelihood, make_likelihood
+from .likelihoods import (BernoulliLikelihood, DiscretizedLogisticLikelihood, Likelihood,
+                          check_observations, make_likelihood)
 
 __all__ = ["PixelCNNDecoderVAE"]
 
@@ -169,10 +170,7 @@ class PixelCNNDecoderVAE(PyroModule):
         return self.likelihood(self.decoder_params(x, z), len(self.event_shape))
 
     def _check(self, x: torch.Tensor) -> None:
-        if tuple(x.shape[1:]) != self.event_shape:
-            raise ValueError(f"PixelCNNDecoderVAE expects x of shape (batch, "
-                             f"{', '.join(map(str, self.event_shape))}), got {tuple(x.shape)}")
-        self.likelihood.check_support(x, OBS)
+        check_observations(x, self.event_shape, self.likelihood, "PixelCNNDecoderVAE")
 
     def forward(self, x: torch.Tensor, *, num_data: Optional[int] = None,
                 idx: Optional[torch.Tensor] = None) -> None:

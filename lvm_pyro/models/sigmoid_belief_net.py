@@ -16,7 +16,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from ..sites import LATENT, OBS, data_plate
-from .likelihoods import BernoulliLikelihood
+from .likelihoods import BernoulliLikelihood, check_observations
 
 __all__ = ["SigmoidBeliefNetModel", "sbn_site_names"]
 
@@ -74,10 +74,7 @@ class SigmoidBeliefNetModel(PyroModule):
         self.site_names = sbn_site_names(len(z_dims))
 
     def _check(self, x: torch.Tensor) -> None:
-        if tuple(x.shape[1:]) != self.event_shape:
-            raise ValueError(f"SigmoidBeliefNetModel expects x of shape (batch, {self.event_shape}), "
-                             f"got {tuple(x.shape)}")
-        self.likelihood.check_support(x, OBS)
+        check_observations(x, self.event_shape, self.likelihood, "SigmoidBeliefNetModel")
 
     def forward(self, x: torch.Tensor, *, num_data: Optional[int] = None,
                 idx: Optional[torch.Tensor] = None) -> None:

@@ -11,7 +11,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from ..sites import LATENT, OBS, data_plate
-from .likelihoods import Likelihood
+from .likelihoods import Likelihood, check_observations
 
 __all__ = ["VAEModel"]
 
@@ -46,10 +46,7 @@ class VAEModel(PyroModule):
         self.likelihood = likelihood
 
     def _check(self, x: torch.Tensor) -> None:
-        if tuple(x.shape[1:]) != self.event_shape:
-            raise ValueError(f"VAEModel expects x of shape (batch, {self.event_shape}), got "
-                             f"{tuple(x.shape)}")
-        self.likelihood.check_support(x, OBS)
+        check_observations(x, self.event_shape, self.likelihood, "VAEModel")
 
     def forward(self, x: torch.Tensor, *, num_data: Optional[int] = None,
                 idx: Optional[torch.Tensor] = None) -> None:

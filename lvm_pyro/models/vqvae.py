@@ -13,7 +13,7 @@ from torch import nn
 from ..nn.quantizer import VectorQuantizer
 from ..sites import CODES, OBS, QUANTIZED, data_plate
 from .codes_prior import ModuleCodesPrior
-from .likelihoods import Likelihood
+from .likelihoods import Likelihood, check_observations
 
 __all__ = ["VQVAEModel"]
 
@@ -80,10 +80,7 @@ class VQVAEModel(PyroModule):
         return ModuleCodesPrior(self.prior, self.latent_shape, self.codebook_size)
 
     def _check(self, x: torch.Tensor) -> None:
-        if tuple(x.shape[1:]) != self.event_shape:
-            raise ValueError(f"VQVAEModel expects x of shape (batch, {self.event_shape}), got "
-                             f"{tuple(x.shape)}")
-        self.likelihood.check_support(x, OBS)
+        check_observations(x, self.event_shape, self.likelihood, "VQVAEModel")
 
     def forward(self, x: torch.Tensor, *, num_data: Optional[int] = None,
                 idx: Optional[torch.Tensor] = None) -> None:

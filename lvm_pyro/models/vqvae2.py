@@ -15,7 +15,7 @@ from torch import nn
 from ..nn.quantizer import VectorQuantizer
 from ..sites import CODES_BOTTOM, CODES_TOP, OBS, QUANTIZED_BOTTOM, QUANTIZED_TOP, data_plate
 from .codes_prior import ModuleCodesPrior
-from .likelihoods import Likelihood
+from .likelihoods import Likelihood, check_observations
 
 __all__ = ["VQVAE2Model"]
 
@@ -110,10 +110,7 @@ class VQVAE2Model(PyroModule):
         return ModuleCodesPrior(self.prior_bottom, self.bottom_shape, k, context=codes_top)
 
     def _check(self, x: torch.Tensor) -> None:
-        if tuple(x.shape[1:]) != self.event_shape:
-            raise ValueError(f"VQVAE2Model expects x of shape (batch, {self.event_shape}), got "
-                             f"{tuple(x.shape)}")
-        self.likelihood.check_support(x, OBS)
+        check_observations(x, self.event_shape, self.likelihood, "VQVAE2Model")
 
     def forward(self, x: torch.Tensor, *, num_data: Optional[int] = None,
                 idx: Optional[torch.Tensor] = None) -> None:

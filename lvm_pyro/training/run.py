@@ -392,13 +392,13 @@ def latent_metrics(model, guide, x: torch.Tensor, *, latent: str = "z",
     saying why.
     """
     from ..diagnostics import active_units, average_kl
-    from ..inference.program import trace_program
+    from ..inference.program import ProgramContractError, trace_program
 
     none = {"test_kl_se": None, "active_units": None, "latent_dims": None}
     try:
         guide_site = trace_program(guide, x[:2]).nodes.get(latent)
         model_trace, _ = trace_guide_then_model(model, guide, x[:2], block=True)
-    except ValueError as e:  # a program the helpers refuse: say so instead of failing the run
+    except ProgramContractError as e:  # a program the helpers refuse: say so, do not fail the run
         return {**none, "latent_metrics_note": f"skipped: {e}"}
     model_site = model_trace.nodes.get(latent)
     if guide_site is None or model_site is None:

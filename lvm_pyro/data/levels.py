@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["to_levels"]
+__all__ = ["to_levels", "off_grid"]
+
+
+#: tolerance, in levels, of a float value on the grid k / (L - 1)
+GRID_TOLERANCE = 1e-3
+
+
+def off_grid(x: torch.Tensor, num_levels: int) -> torch.Tensor:
+    """Boolean mask of the float values of ``x`` that are not on the grid k / (L - 1),
+    k in {0, ..., L - 1} (within :data:`GRID_TOLERANCE` of a level; NaN counts as off)."""
+    top = num_levels - 1
+    scaled = x * top
+    k = torch.round(scaled)
+    return ~((scaled - k).abs() <= GRID_TOLERANCE) | (k < 0) | (k > top)
 
 
 def to_levels(x: torch.Tensor, num_levels: int, name: str = "x") -> torch.Tensor:
@@ -33,9 +46,8 @@ def to_levels(x: torch.Tensor, num_levels: int, name: str = "x") -> torch.Tensor
         raise ValueError(f"num_levels must be >= 2, got {num_levels}")
     top = num_levels - 1
     if torch.is_floating_point(x):
-        scaled = x * top
-        k = torch.round(scaled)
-        bad = ~((scaled - k).abs() <= 1e-3) | (k < 0) | (k > top)
+        k = torch.round(x * top)
+        bad = off_grid(x, num_levels)
         kind = f"floats on the grid k / {top} in [0, 1]"
     else:
         k = x.to(torch.get_default_dtype())

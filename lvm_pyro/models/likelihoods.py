@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 import pyro.distributions as dist
 
+from ..data.levels import off_grid
+
 __all__ = ["Likelihood", "BernoulliLikelihood", "GaussianLikelihood", "make_likelihood",
            "LIKELIHOODS", "check_observations"]
 
@@ -293,8 +295,7 @@ class DiscretizedLogisticLikelihood(Likelihood):
                 f"k / {self.num_levels - 1} in [0, 1], got {x.dtype}; pass integers / "
                 f"{self.num_levels - 1} (e.g. ImageDataset.images with --binarization none)")
         top = self.num_levels - 1
-        off = (x * top - torch.round(x * top)).abs()
-        bad = (x < 0) | (x > 1) | ~(off <= 1e-3)
+        bad = off_grid(x, self.num_levels) | (x < 0) | (x > 1)
         if bool(bad.any()):
             v = x[bad].flatten()[0].item()
             raise ValueError(

@@ -125,6 +125,43 @@ def test_json_round_trip_holds_only_the_fields_of_the_model():
     assert "z_dim" not in cfg.to_dict() and "hidden_dim" not in cfg.to_dict()
 
 
+def test_builders_refuse_unknown_keys_naming_them_and_the_fields(tmp_path):
+    """A dict given to a builder used to drop a misspelt key silently (``build_vae({"zdim":
+    3})`` built z_dim 10): now one ConfigError names the key, a close match and the
+    fields."""
+    cases = [(builders.build_vae, {"zdim": 3}, "z_dim"),
+             (builders.build_vqvae, {"codebok_size": 8}, "codebook_size"),
+             (builders.build_sbn, {"num_stochastic_layer": 2}, "num_stochastic_layers"),
+             (builders.build_pixelvae, {"decoder_layer": 2}, "decoder_layers"),
+             (builders.build_flow, {"num_scale": 1}, "num_scales"),
+             (builders.build_model, {"model": "vae", "hiden_dim": 8}, "hidden_dim")]
+    for build, values, close in cases:
+        key = next(k for k in values if k != "model")
+        with pytest.raises(ConfigError, match=f"^{key} is not a configuration field "
+                                              f"\\(did you mean '{close}'[ ?]") as e:
+            build(values, (1, 8, 8))
+        assert e.value.field == key and close in e.value.problem.split("fields are:")[1]
+    with pytest.raises(ConfigError, match=r"^bta is not .*mean 'beta'.*objective 'trace': "
+                                          r"num_particles, beta, "):
+        builders.build_objective({"bta": 2.0})
+    with pytest.raises(ConfigError, match=r"^colour is not a configuration field; the fields "
+                                          r"are: model 'vae': z_dim, hidden_dim, .*; training: "
+                                          r"batch_size, lr, epochs"):
+        builders.build_vae({"colour": "red"}, (1, 8, 8))
+    with pytest.raises(ConfigError, match="zdim is not a configuration field"):
+        RunConfig.from_dict({"zdim": 3})  # strict: the same message, not "does not apply"
+    # a config.json with a key of no configuration is named too (not silently read)
+    from lvm_pyro.training.run import read_run_config
+
+    (tmp_path / "config.json").write_text(json.dumps({**RunConfig().to_dict(), "zdim": 3}))
+    with pytest.raises(ConfigError, match="zdim is not a configuration field"):
+        read_run_config(tmp_path)
+    # the keys that are known stay accepted: a field of another model at its default
+    # (older config.json files) and the record-only data_source
+    assert builders.build_vae({"codebook_size": 512, "data_source": "x", "z_dim": 3},
+                              (1, 8, 8))[1].z_dim == 3
+
+
 def test_register_model_with_its_config_class_adds_flags():
     @dataclasses.dataclass(frozen=True)
     class TinyConfig(ModelConfig):

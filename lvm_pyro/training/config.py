@@ -803,8 +803,9 @@ class RunConfig:
                 ``config.json`` written by an older version that held every key).
 
         Raises:
-            ConfigError: unknown model / objective, a key that does not apply (strict),
-                or an invalid value.
+            ConfigError: unknown model / objective; a key that is a field of no
+                registered configuration (named with a close match and this run's fields,
+                strict or not); a key that does not apply (strict), or an invalid value.
         """
         values = {k: v for k, v in values.items() if k not in RECORD_KEYS}
         model_cls = _model_cls(values.pop("model", "vae"))
@@ -820,9 +821,12 @@ class RunConfig:
             for f in _fields(g):
                 if f.default is None and f.name in data_defaults._fields:  # resolved per data set
                     others[f.name].append(getattr(data_defaults, f.name))
+        vocabulary = known | set(others) | {"model", "elbo", *RECORD_KEYS}
         for k, v in values.items():
             if k in known:
                 continue
+            if k not in vocabulary:  # a typo or a field of no configuration: never ignored
+                raise ConfigError(k, _unknown_field(k, vocabulary, groups))
             # non-strict: a key of another model / objective is ignored only at one of its
             # defaults (an old config.json held every key); any other value would be
             # silently dropped, so it is an error either way
@@ -834,6 +838,22 @@ class RunConfig:
     def replace(self, **values: Any) -> "RunConfig":
         """A copy with flat fields replaced (``RunConfig.from_dict({**self.to_dict(), ...})``)."""
         return RunConfig.from_dict({**self.to_dict(), **values})
+
+
+def _unknown_field(key: str, vocabulary: Iterable[str], groups: Iterable[type]) -> str:
+    """The problem text for a configuration key that names no field: the closest field
+    names (difflib; this run's fields first, then any registered configuration's) and the
+    fields of the run's model, objective, data and training."""
+    import difflib
+
+    model, objective, data, train = (_field_names(g) for g in groups)
+    close = (difflib.get_close_matches(key, model + objective + data + train, n=2, cutoff=0.7)
+             or difflib.get_close_matches(key, sorted(vocabulary), n=2, cutoff=0.7))
+    hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+    m, o = (getattr(g, "name", "") for g in list(groups)[:2])
+    return (f"is not a configuration field{hint}; the fields are: model {m!r}: "
+            f"{', '.join(model)}; objective {o!r}: {', '.join(objective)}; data: "
+            f"{', '.join(data)}; training: {', '.join(train)}")
 
 
 # -- command line generated from the dataclasses ------------------------------------

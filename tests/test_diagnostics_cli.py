@@ -1,6 +1,7 @@
 """`lvm-pyro diagnose RUN_DIR` end to end on a tiny digits run (seconds, not minutes)."""
 
 import json
+import re
 
 import pytest
 
@@ -39,6 +40,53 @@ def test_diagnose_writes_json_and_figures(run_dir, capsys):
         assert (run_dir / d["figures"][name]).stat().st_size > 1000
     out = capsys.readouterr().out
     assert "active units" in out and "written" in out
+    # the printed identity E KL = MI + KL(q(z)||p(z)) holds (to the printed rounding): its
+    # three terms are estimates on the same points and draws, as in diagnostics.json
+    kl, mi, marginal = _printed_identity(out)
+    assert abs(kl - mi - marginal) <= ROUNDING
+    assert kl == round(dec["average_kl_mc"], 2) and mi == round(dec["mutual_information"], 2)
+    assert "on M = 100 test points, the same draws" in out
+    assert f"E KL in closed form {dec['average_kl']:.2f} nats" in out
+
+
+#: the printed identity's three terms are each rounded to 0.005
+ROUNDING = 0.015 + 1e-9
+
+
+def _printed_identity(out: str) -> tuple[float, float, float]:
+    """(E KL, MI, KL(q(z)||p(z))) as printed by diagnose's [information] line."""
+    m = re.search(r"E KL (-?[\d.]+) = MI (-?[\d.]+) .*?\+ KL\(q\(z\)\|\|p\(z\)\) "
+                  r"(-?[\d.]+) nats", out)
+    assert m, out
+    return tuple(map(float, m.groups()))
+
+
+def test_diagnose_prints_the_kl_identity_from_one_set_of_estimates(run_dir, tmp_path,
+                                                                    monkeypatch):
+    """E KL = MI + KL(q(z)||p(z)) holds for the estimates on one set of draws; the closed-form
+    E KL differs from them by Monte-Carlo error (here made 1 nat), and used to be printed
+    as the identity's left side, so the printed identity did not hold."""
+    import lvm_pyro.diagnostics as D
+    from lvm_pyro.training.config import DiagnoseConfig
+    from lvm_pyro.training.diagnose import diagnose_run
+
+    real = D.kl_decomposition
+
+    def closed_form_off_by_one_nat(*args, **kwargs):
+        dec = real(*args, **kwargs)
+        return dec._replace(average_kl=dec.average_kl_mc + 1.0)
+
+    monkeypatch.setattr(D, "kl_decomposition", closed_form_off_by_one_nat)
+    lines = []
+    d = diagnose_run(run_dir, DiagnoseConfig(num_test=10, num_samples=30, num_mi_points=30,
+                                             nuts_points=0, sbc_simulations=0),
+                     out=tmp_path, log=lines.append)
+    line = next(x for x in lines if x.startswith("[information]"))
+    kl, mi, marginal = _printed_identity(line)
+    assert abs(kl - mi - marginal) <= ROUNDING, line
+    dec = d["information"]["decomposition"]
+    assert abs(dec["average_kl_mc"] - dec["mutual_information"] - dec["marginal_kl"]) < 1e-8
+    assert f"E KL in closed form {dec['average_kl']:.2f} nats" in line
 
 
 def test_diagnose_skips_sections_and_rejects_bad_input(run_dir, tmp_path, capsys):

@@ -124,6 +124,38 @@ def test_checkpoint_is_weights_only_and_errors_are_clear(tmp_path):
         t3.fit(x, epochs=2, resume=True)
 
 
+def test_checkpoint_of_another_z_dim_is_one_line_naming_shapes_and_fix(tmp_path, capsys):
+    """A run of z_dim 2 resumed (Trainer) or loaded (evaluate) with z_dim 3 used to raise
+    torch's multi-line state_dict error; now one line names the first mismatched
+    parameters with both shapes and the fix."""
+    x = digits(100)
+    model, guide = small_vae(z=2)
+    Trainer(model, guide, Trace_ELBO(), batch_size=50, progress=False,
+            checkpoint_path=tmp_path / "ck.pt").fit(x, epochs=1)
+    pyro.clear_param_store()
+    m3, g3 = small_vae(z=3)
+    t3 = Trainer(m3, g3, Trace_ELBO(), batch_size=50, progress=False,
+                 checkpoint_path=tmp_path / "ck.pt")  # no config to compare: the shapes differ
+    with pytest.raises(CheckpointError) as e:
+        t3.fit(x, epochs=2, resume=True)
+    msg = str(e.value)
+    assert "\n" not in msg and "does not match the model's architecture (VAEModel)" in msg
+    assert "decoder.net.0.weight (16, 2) in the checkpoint vs (16, 3) here" in msg
+    assert "config.json" in msg and "fit --force" in msg
+    # the command line: a run whose checkpoint was written by a run of another z_dim
+    args = ["--epochs", "1", "--num-samples", "2", "--num-test", "5", "--no-progress",
+            "--hidden-dim", "8", "--num-hidden", "1"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["fit", "--out", str(a), "--z-dim", "2", *args]) == 0
+    assert main(["fit", "--out", str(b), "--z-dim", "3", *args]) == 0
+    (a / "checkpoint.pt").write_bytes((b / "checkpoint.pt").read_bytes())
+    capsys.readouterr()
+    assert main(["evaluate", str(a), "--num-samples", "2", "--num-test", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "(8, 3) in the checkpoint vs (8, 2) here" in err, err
+    assert "config.json" in err and "--force" in err
+
+
 def test_user_program_with_meanfield_and_minibatch_scaling():
     """A user's model/guide that take only x train with our loop (unscaled loss)."""
     loc = torch.tensor(0.0)
@@ -203,6 +235,41 @@ def test_bad_run_options_fail_before_anything_is_written(tmp_path, capsys):
     assert main(args + ["--epochs", "2"]) == 0
     assert main(args + ["--epochs", "1", "--resume"]) == 2
     assert "already holds 2 epochs" in capsys.readouterr().err
+
+
+def test_num_levels_off_the_data_grid_fails_before_training(tmp_path, capsys, monkeypatch):
+    """--num-levels 256 on the 17-level digits used to fail only inside the first training
+    step (a multi-line Pyro trace, config.json already written); it is now one line when
+    the data are loaded, before the run directory is touched or training starts."""
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr("lvm_pyro.training.run.Trainer.fit", no_training)
+    vq = ["--model", "vqvae", "--codebook-size", "8", "--embedding-dim", "4", "--channels", "8"]
+    for model in (vq, ["--model", "flow"],
+                  ["--likelihood", "gaussian", "--dequantization", "uniform"]):
+        out = tmp_path / model[1]
+        assert main(["fit", *model, "--num-levels", "256", "--epochs", "1", "--out", str(out),
+                     "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("lvm-pyro: error: --num-levels is 256, but the training data "
+                              "are not on its grid k / 255 (e.g. ") and err.count("\n") == 1, err
+        assert "the digits data have 17 levels" in err and "--num-levels 17" in err
+        assert not out.exists()
+    from lvm_pyro.training.config import RunConfig
+    from lvm_pyro.training.run import check_num_levels
+
+    x = digits(50)
+    # a grid that holds the data's (33 levels: every k / 16 is 2k / 32) is accepted, and so
+    # is any grid for binarised data (0 and 1 are on every grid) or a model that does not
+    # read the levels (a VAE without dequantisation)
+    for values in ({"model": "vqvae", "num_levels": 33},
+                   {"model": "vqvae", "num_levels": 256, "binarization": "dynamic"},
+                   {"model": "vae", "likelihood": "gaussian", "num_levels": 256,
+                    "binarization": "none"}):
+        check_num_levels(RunConfig.from_dict(values), x)
+    with pytest.raises(ValueError, match="num_levels is 5, but .* 17 levels"):
+        check_num_levels(RunConfig.from_dict({"model": "flow", "num_levels": 5}), x)
 
 
 def test_python_resume_without_a_checkpoint_equals_a_fresh_run(tmp_path):

@@ -104,37 +104,76 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return payload
 
 
+#: how to fix a checkpoint that does not match the programs it is loaded into
+MISMATCH_FIX = ("build the model from the configuration that wrote the checkpoint (the run's "
+                "config.json, unchanged), or start the run over (lvm-pyro fit --force, or "
+                "another --out directory)")
+
+
+def _shape(v: Any) -> tuple:
+    return tuple(v.shape) if isinstance(v, torch.Tensor) else ()
+
+
+def _mismatch(saved: dict[str, Any], here: dict[str, Any], *, limit: int = 3) -> str:
+    """The differences between two name -> tensor dicts in one line (``""`` if none): the
+    first ``limit`` shape mismatches (checkpoint vs here), then missing / unexpected names,
+    each list cut at ``limit`` with the number left out."""
+
+    def cut(items: list[str]) -> str:
+        more = f", and {len(items) - limit} more" if len(items) > limit else ""
+        return ", ".join(items[:limit]) + more
+
+    parts = []
+    shapes = [f"{k} {_shape(v)} in the checkpoint vs {_shape(here[k])} here"
+              for k, v in saved.items() if k in here and _shape(v) != _shape(here[k])]
+    if shapes:
+        parts.append("shapes differ: " + cut(shapes))
+    missing = sorted(set(here) - set(saved))
+    if missing:
+        parts.append("missing from the checkpoint: " + cut(missing))
+    unexpected = sorted(set(saved) - set(here))
+    if unexpected:
+        parts.append("not in the model: " + cut(unexpected))
+    return "; ".join(parts)
+
+
 def restore_params(payload: dict[str, Any], modules: dict[str, torch.nn.Module]) -> None:
     """Load module state dicts and the Pyro param store's unconstrained values from a
     checkpoint. The programs must have run once so that every parameter exists (with the
-    constraint its program declares).
+    constraint its program declares). Nothing is changed when any name or shape differs.
 
     Raises:
-        CheckpointError: a module, parameter name or shape does not match.
+        CheckpointError: a module, parameter name or shape does not match (e.g. a
+            checkpoint of a run with another ``z_dim``); one line naming the first few
+            mismatched names with both shapes, and the fix (:data:`MISMATCH_FIX`).
     """
     import pyro
 
     for k, m in modules.items():
         if k not in payload["modules"]:
-            raise CheckpointError(f"checkpoint has no state for module '{k}'")
-        try:
-            m.load_state_dict(payload["modules"][k])
-        except RuntimeError as e:
-            raise CheckpointError(f"checkpoint does not match the {k}'s architecture: {e}") from e
+            raise CheckpointError(f"checkpoint has no state for module '{k}'; {MISMATCH_FIX}")
+        problem = _mismatch(payload["modules"][k], m.state_dict())
+        if problem:
+            raise CheckpointError(f"checkpoint does not match the {k}'s architecture "
+                                  f"({type(m).__name__}): {problem}; {MISMATCH_FIX}")
     ps = dict(pyro.get_param_store().named_parameters())
     saved = payload["params"]
-    state_keys = {k for k in set(saved) | set(ps) if k.startswith(BASELINE_AVG_PREFIX)}
-    if set(saved) - state_keys != set(ps) - state_keys:
-        raise CheckpointError(
-            "checkpoint parameters do not match the programs': missing "
-            f"{sorted(set(ps) - set(saved))[:5]}, unexpected {sorted(set(saved) - set(ps))[:5]}")
+    problem = _mismatch({k: v for k, v in saved.items() if not k.startswith(BASELINE_AVG_PREFIX)},
+                        {k: v for k, v in ps.items() if not k.startswith(BASELINE_AVG_PREFIX)})
+    if problem:
+        raise CheckpointError(f"checkpoint parameters do not match the programs': {problem}; "
+                              f"{MISMATCH_FIX}")
+    for k, m in modules.items():
+        try:
+            m.load_state_dict(payload["modules"][k])
+        except RuntimeError as e:  # names and shapes agree: anything else, on one line
+            detail = " ".join(str(e).split())
+            raise CheckpointError(f"checkpoint does not match the {k}'s architecture: "
+                                  f"{detail}; {MISMATCH_FIX}") from e
     store = pyro.get_param_store()
     with torch.no_grad():
         for k, v in saved.items():
             if k.startswith(BASELINE_AVG_PREFIX):
                 store[k] = v.detach().clone()
                 continue
-            if ps[k].shape != v.shape:
-                raise CheckpointError(f"parameter '{k}' has shape {tuple(v.shape)} in the "
-                                      f"checkpoint but {tuple(ps[k].shape)} here")
             ps[k].copy_(v)

@@ -34,7 +34,7 @@ from .rundir import (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, ensure_director
 
 __all__ = ["Run", "load_run", "train_run", "evaluate_run", "sample_run", "prepare_data",
            "load_run_data",
-           "test_bits_offset", "read_run_config", "latent_metrics"]
+           "test_bits_offset", "read_run_config", "latent_metrics", "check_num_levels"]
 
 _write_json = write_json  # the name fit-prior and diagnose import
 
@@ -114,6 +114,42 @@ def validate_config(config: RunConfig) -> None:
     device = config.train.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device", f"is {device}, but torch finds no CUDA device here; use cpu")
+
+
+def check_num_levels(config: RunConfig, x: torch.Tensor) -> None:
+    """Check, before training, that the data lie on the grid k / (L - 1) of the model's
+    ``num_levels`` L where the model reads the raw levels (binarization ``none`` with a
+    discretised likelihood, Salimans et al. 2017 eq. 2, or a dequantised model / flow,
+    Theis et al. 2016): the same test the model's likelihood makes at the first step
+    (:func:`lvm_pyro.data.levels.off_grid`), made when the data are loaded so a wrong
+    ``--num-levels`` stops the run before anything is written.
+
+    Args:
+        config: the run's configuration.
+        x: (N, ...) training data as loaded (intensities in [0, 1]).
+
+    Raises:
+        ConfigError: (field ``num_levels``) data off the grid, naming a value, how many
+            are off, and the data set's levels.
+    """
+    from ..data.levels import off_grid
+
+    model = config.model
+    levels = getattr(model, "num_levels", None)
+    reads_levels = (getattr(model, "likelihood", None) == "discretized_logistic"
+                    or getattr(model, "dequantization", "none") != "none")
+    if levels is None or not reads_levels or config.data.binarization != "none":
+        return
+    bad = off_grid(x, levels)
+    if not bool(bad.any()):
+        return
+    known = DATASET_LEVELS.get(config.data.data)
+    fix = (f"the {config.data.data} data have {known} levels: leave --num-levels out (the "
+           f"data set's) or pass --num-levels {known}" if known is not None else
+           "pass the number of intensity levels of the data (256 for 8-bit images)")
+    raise ConfigError("num_levels", f"is {levels}, but the training data are not on its grid "
+                                    f"k / {levels - 1} (e.g. {x[bad].flatten()[0].item():g}; "
+                                    f"{int(bad.sum())} of {x.numel()} values); {fix}")
 
 
 def _versions() -> dict:
@@ -206,6 +242,7 @@ def train_run(config: RunConfig | Mapping, out: str | Path, *, resume: bool = Fa
     device = torch.device(config.train.device)
     t0 = time.perf_counter()
     x_train, source = prepare_data(config, "train", device, with_source=True)
+    check_num_levels(config, x_train)
     pyro.clear_param_store()
     pyro.set_rng_seed(config.train.seed)
     model, guide = build_model(config, x_train.shape[1:])

@@ -53,6 +53,30 @@ def test_fit_refuses_an_existing_run_unless_resume_or_force(tmp_path, capsys):
     assert (out / "notes.txt").read_text() == "mine"
 
 
+def test_force_removes_the_old_models_sample_pictures_and_keeps_other_files(tmp_path):
+    """A forced refit replaces the model, so the pictures `sample` drew from the old one go
+    with the rest of the old run; a file of the user's in sample/ stays (and the folder
+    with it), an emptied sample/ goes. --help says so."""
+    from lvm_pyro.cli import build_parser
+
+    out = tmp_path / "run"
+    assert main(["fit", "--out", str(out), *TINY]) == 0
+    assert main(["sample", str(out), "--num-samples", "4"]) == 0
+    pictures = sorted(p.name for p in (out / "sample").glob("*.png"))
+    assert pictures == ["reconstructions.png", "samples.png"]
+    (out / "sample" / "notes.txt").write_text("mine")
+    assert main(["fit", "--out", str(out), *TINY, "--seed", "1", "--force"]) == 0
+    assert not list((out / "sample").glob("*.png"))  # nothing drawn from the old model
+    assert (out / "sample" / "notes.txt").read_text() == "mine"
+    (out / "sample" / "notes.txt").unlink()
+    assert main(["sample", str(out), "--num-samples", "4"]) == 0
+    assert main(["fit", "--out", str(out), *TINY, "--force"]) == 0
+    assert not (out / "sample").exists()
+    fit = build_parser()._subparsers._group_actions[0].choices["fit"]
+    force = next(a for a in fit._actions if "--force" in a.option_strings)
+    assert "OUT/sample/" in force.help and "old model" in force.help
+
+
 def test_resume_without_checkpoint_says_so_and_equals_a_fresh_run(tmp_path, capsys):
     fresh, resumed = tmp_path / "fresh", tmp_path / "resumed"
     args = ["--epochs", "2", "--num-samples", "2", "--num-test", "10", "--no-progress",

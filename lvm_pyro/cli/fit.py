@@ -46,7 +46,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/latest", help="run directory (default: runs/latest)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    g.add_argument("--force", action="store_true", help="replace a run already in --out")
+    g.add_argument("--force", action="store_true",
+                   help="replace a run already in --out: every file its commands wrote is "
+                        "removed first (config, checkpoint, metrics, pictures, evaluation, "
+                        "diagnostics and fit-prior files, and the pictures of `lvm-pyro "
+                        "sample` in OUT/sample/, which show the old model); other files stay")
     p.add_argument("--logger", default="none", choices=("none", "tensorboard"),
                    help="tensorboard: per-epoch train loss, test ELBO / NLL, KL per latent "
                         "dimension, sample and reconstruction grids under OUT/tensorboard/ "

@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..training.rundir import SAMPLE_DIR
 from ._common import add_data_root, add_threads
 
 __all__ = ["HELP", "add_arguments", "run", "SAMPLE_DIR"]
 
-HELP = "write sample and reconstruction grids of a run into RUN_DIR/sample/"
-SAMPLE_DIR = "sample"
+HELP = (f"write sample and reconstruction grids of a run into RUN_DIR/{SAMPLE_DIR}/ (a later "
+        "`fit --force` into RUN_DIR removes them)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -16,17 +16,21 @@ from typing import Any
 from .checkpoint import CheckpointError
 
 __all__ = ["CONFIG_FILE", "CHECKPOINT_FILE", "METRICS_FILE", "RUN_MARKERS", "RUN_ARTIFACTS",
+           "SAMPLE_DIR",
            "RunExistsError", "RunFileError", "read_json", "write_json", "holds_run",
            "prepare_run_dir", "ensure_directory"]
 
 CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE = "config.json", "checkpoint.pt", "metrics.json"
 #: a directory holding any of these holds a run
 RUN_MARKERS = (CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE)
-#: every file (glob patterns) and folder a run's commands write; replaced together
+#: the folder ``lvm-pyro sample`` writes its pictures into (``RUN_DIR/sample/``)
+SAMPLE_DIR = "sample"
+#: every file (glob patterns) a run's commands write; replaced together. The pictures of
+#: ``sample`` show the old model, so they go too (the folder when nothing else is in it)
 RUN_ARTIFACTS = (CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE, "evaluation.json",
                  "diagnostics.json", "diag_*.png", "samples.png", "reconstructions.png",
                  "loss_curve.png", "prior_checkpoint.pt", "prior_metrics.json",
-                 "prior_samples.png", "prior_vs_reconstructions.png", "sample")
+                 "prior_samples.png", "prior_vs_reconstructions.png", f"{SAMPLE_DIR}/*.png")
 
 
 class RunExistsError(CheckpointError):
@@ -92,8 +96,9 @@ def prepare_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool,
 
     A directory that holds a run is used only to resume it (``resume=True``) or, with
     ``overwrite=True``, after every file of the old run (:data:`RUN_ARTIFACTS`) is
-    removed, so that nothing of it (e.g. a ``diagnostics.json`` describing another model)
-    is left behind. Other files in the directory are kept. With ``clear=False`` only the
+    removed, so that nothing of it (e.g. a ``diagnostics.json`` or the pictures in
+    ``sample/``, describing another model) is left behind. Other files in the directory
+    (and in ``sample/``) are kept; ``sample/`` itself goes when it is left empty. With ``clear=False`` only the
     check runs (nothing is removed or created), so a caller can fail early and clear
     once the new run is known to be buildable.
 
@@ -123,6 +128,9 @@ def prepare_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool,
                     shutil.rmtree(p)
                 else:
                     p.unlink()
+        sample_dir = run_dir / SAMPLE_DIR
+        if sample_dir.is_dir() and not any(sample_dir.iterdir()):
+            sample_dir.rmdir()
     if clear:
         ensure_directory(run_dir)
     return run_dir

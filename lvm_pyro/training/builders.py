@@ -5,7 +5,9 @@ model, a guide and an objective. The only place where names such as ``"vae"`` or
 
 Builders also take a plain dict (a flat ``config.json``-style mapping): it is turned into
 the typed configuration first (:meth:`~lvm_pyro.training.config.RunConfig.from_dict`), so
-defaults still come from the dataclasses only.
+defaults still come from the dataclasses only; a key that is a field of no configuration
+(``{"zdim": 3}``) is a :class:`~lvm_pyro.training.config.ConfigError` naming it, a close
+match and the run's fields.
 """
 
 from __future__ import annotations
@@ -171,7 +173,8 @@ def as_run_config(config: Any) -> RunConfig:
     other models / objectives are ignored at their defaults).
 
     Raises:
-        ConfigError: invalid values, or a non-default value that would be ignored.
+        ConfigError: invalid values, a non-default value that would be ignored, or a key
+            that is a field of no configuration (named, with a close match).
     """
     if isinstance(config, RunConfig):
         return config

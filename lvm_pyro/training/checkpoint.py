@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 __all__ = ["BASELINE_AVG_PREFIX", "CheckpointError", "save_checkpoint", "load_checkpoint", "get_rng_state",
-           "set_rng_state", "restore_params", "FORMAT"]
+           "set_rng_state", "restore_params", "FORMAT", "MISMATCH_FIX"]
 
 FORMAT = "lvm_pyro.checkpoint/1"
 
@@ -133,7 +133,7 @@ def _mismatch(saved: dict[str, Any], here: dict[str, Any], *, limit: int = 3) ->
         parts.append("missing from the checkpoint: " + cut(missing))
     unexpected = sorted(set(saved) - set(here))
     if unexpected:
-        parts.append("not in the model: " + cut(unexpected))
+        parts.append("only in the checkpoint: " + cut(unexpected))
     return "; ".join(parts)
 
 

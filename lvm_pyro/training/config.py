@@ -840,7 +840,8 @@ class RunConfig:
         return RunConfig.from_dict({**self.to_dict(), **values})
 
 
-def _unknown_field(key: str, vocabulary: Iterable[str], groups: Iterable[type]) -> str:
+def _unknown_field(key: str, vocabulary: Iterable[str],
+                   groups: tuple[type, type, type, type]) -> str:
     """The problem text for a configuration key that names no field: the closest field
     names (difflib; this run's fields first, then any registered configuration's) and the
     fields of the run's model, objective, data and training."""
@@ -850,7 +851,7 @@ def _unknown_field(key: str, vocabulary: Iterable[str], groups: Iterable[type]) 
     close = (difflib.get_close_matches(key, model + objective + data + train, n=2, cutoff=0.7)
              or difflib.get_close_matches(key, sorted(vocabulary), n=2, cutoff=0.7))
     hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
-    m, o = (getattr(g, "name", "") for g in list(groups)[:2])
+    m, o = (getattr(g, "name", "") for g in groups[:2])
     return (f"is not a configuration field{hint}; the fields are: model {m!r}: "
             f"{', '.join(model)}; objective {o!r}: {', '.join(objective)}; data: "
             f"{', '.join(data)}; training: {', '.join(train)}")

@@ -3,7 +3,7 @@ under uniform and variational (Flow++) dequantisation, the discretised likelihoo
 VAE's trained density, and a discretised-logistic VAE as reference. Writes
 benchmarks/results/dequant_results.json and dequant_results.md.
 
-    nice -n 5 .venv/bin/python benchmarks/run_dequantization_results.py   # ~5 min CPU, 1 thread
+    nice -n 5 .venv/bin/python benchmarks/run_dequantization_results.py   # ~2.5 min CPU, 1 thread
     .venv/bin/python benchmarks/run_dequantization_results.py --num-train 500 --num-test 20 \
         --num-samples 4 --rows flow_uniform --out /tmp/dq_quick                # quick look
 

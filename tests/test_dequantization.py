@@ -196,6 +196,27 @@ def test_samples_lie_in_the_unit_cube():
     assert bool((e >= 0).all()) and bool((e < 1).all()) and bool((e.amax() > 0.999))
 
 
+def test_dequantizer_draws_stay_finite_when_the_uniform_draw_is_zero(monkeypatch):
+    """torch's uniform_ returns exactly 0 with probability 2^-24 per float32 element
+    (about once per evaluation of a Fashion-MNIST test set with K = 16); the logistic
+    base must not turn it into -inf, which the autoregressive layer spreads as NaN to
+    every later pixel (it crashed a K = 16 evaluation of a trained flow)."""
+    q = VariationalDequantizer((4, 4), num_levels=256, autoregressive="affine")
+    x = torch.randint(0, 256, (5, 4, 4))
+    real_uniform = torch.Tensor.uniform_
+
+    def extreme_uniform(self, a=0.0, b=1.0, *, generator=None):
+        real_uniform(self, a, b, generator=generator)
+        self.view(-1)[::2] = a  # the lowest value the sampler can return
+        return self
+
+    monkeypatch.setattr(torch.Tensor, "uniform_", extreme_uniform)
+    u = q(x)
+    assert bool(torch.isfinite(u).all()) and bool((u >= 0).all()) and bool((u < 1).all())
+    lw = log_weights(DequantizedModel(_gauss, 256), q, x, 3).log_w
+    assert bool(torch.isfinite(lw).all())
+
+
 def _gauss(y):
     with pyro.plate("data", len(y)):
         pyro.sample("x", dist.Normal(torch.zeros_like(y[0]) + 0.5, 0.3).to_event(2), obs=y)

@@ -39,4 +39,12 @@ def nll_line(m: dict) -> str:
         else f"{m['test_bits_per_dim']:.4f} bits/dim"
     return (f"test NLL {m['test_nll']:.3f} +- {m['test_nll_se']:.3f} nats/example ({bits}; "
             f"{m['num_importance_samples']} importance samples, {m['num_test_points']} test "
-            f"points); test ELBO {m['test_elbo']:.3f} nats")
+            f"points); test ELBO {m['test_elbo']:.3f} nats{_offset_note(m)}")
+
+
+def _offset_note(m: dict) -> str:
+    """The dequantisation offset both figures of :func:`nll_line` include, if any."""
+    offset = m.get("bits_per_dim_offset_nats")
+    if not offset:
+        return ""
+    return f" (both include the dequantisation offset D log L = {offset:.2f} nats)"

@@ -27,6 +27,20 @@ from ..sites import NOISE, data_plate
 __all__ = ["UniformDequantizer", "VariationalDequantizer"]
 
 
+class _FiniteLogistic(dist.Logistic):
+    """Pyro's ``Logistic`` whose draws are finite: its sampler inverts the CDF at
+    u ~ U[0, 1), and u = 0 (probability 2^-24 per float32 draw, so about once per
+    twenty million pixels) gives -inf, which the autoregressive layers turn into NaN for
+    every later pixel. Here u is drawn in [tiny, 1 - eps) instead (the density is
+    unchanged; the draws lost are an event of probability ~1e-7)."""
+
+    def rsample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)
+        finfo = torch.finfo(self.loc.dtype)
+        u = self.loc.new_empty(shape).uniform_(finfo.tiny, 1.0 - finfo.eps)
+        return self.icdf(u)
+
+
 class UniformDequantizer(PyroModule):
     """Uniform dequantisation as a guide::
 
@@ -153,7 +167,7 @@ class VariationalDequantizer(PyroModule):
         ``event_shape``, support [0, 1)^D."""
         h = self.context(x)  # (batch, context_dim)
         zeros = h.new_zeros(h.shape[:-1] + (self.dim,))
-        base = dist.Logistic(zeros, torch.ones_like(zeros)).to_event(1)  # (batch,) | (D,)
+        base = _FiniteLogistic(zeros, torch.ones_like(zeros)).to_event(1)  # (batch,) | (D,)
         transforms = [self.marginal.condition(h)]
         transforms += [t.condition(h) for t in self.autoregressive]
         transforms += [T.SigmoidTransform().with_cache(1),

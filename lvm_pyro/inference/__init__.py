@@ -8,6 +8,7 @@ Handlers and baselines (``LatentScaleMessenger``, ``ScoreFunctionMessenger``,
 """
 
 from .amortization import AmortizationGap, amortization_gap, fit_local_guide
+from .discretized import DiscretizedDensity, discretize_observation, discretized_log_likelihood
 from .evaluation import (BitsPerDimOffset, ELBOParts, NLLReport, NLLSummary, bits_per_dim,
                          bits_per_dim_offset, elbo_parts, elbo_per_datapoint, iter_log_weights,
                          log_marginal_likelihood, logmeanexp, nll_report, summarize_nll)
@@ -26,11 +27,13 @@ from .vimco import VIMCO
 
 __all__ = [
     "AmortizationGap", "BiasedGradientWarning", "BitsPerDimOffset", "ConstantSchedule",
-    "CyclicalSchedule", "ELBOParts", "FreeBits_ELBO", "GradientStats", "IWAE_ELBO",
+    "CyclicalSchedule", "DiscretizedDensity", "ELBOParts", "FreeBits_ELBO", "GradientStats",
+    "IWAE_ELBO",
     "ImportanceEstimate", "KLWeighted_ELBO", "LinearWarmup", "LogWeights", "NLLReport",
     "NLLSummary", "RepeatedEstimates", "Schedule", "ScoreFunctionGuide", "TCVAEForward",
     "TCVAE_ELBO", "TC_ESTIMATORS", "VIMCO", "amortization_gap", "bits_per_dim",
-    "bits_per_dim_offset", "effective_sample_size", "elbo_parts", "elbo_per_datapoint",
+    "bits_per_dim_offset", "discretize_observation", "discretized_log_likelihood",
+    "effective_sample_size", "elbo_parts", "elbo_per_datapoint",
     "fit_local_guide", "fixed_normal_proposal", "gradient_statistics", "guess_max_plate_nesting",
     "importance_estimate", "iter_log_weights", "log_importance_weight_matrix",
     "log_marginal_likelihood", "log_weights", "logmeanexp", "nll_report", "parameter_groups",

@@ -264,10 +264,14 @@ def train_run(config: RunConfig | Mapping, out: str | Path, *, resume: bool = Fa
         aggressive = AggressiveEncoder(heldout,
                                        max_inner_steps=config.train.aggressive_max_inner_steps)
     callbacks = build_callbacks(config, model, guide)
+    # nats from the density's scale to the discrete log P(x) (D log L for uniformly
+    # dequantised data, else 0): every reported loss and bound is on the discrete scale
+    offset = test_bits_offset(config, x_train).offset_nats or 0.0
     board = None
     if logger == "tensorboard":
         board = TensorBoardLogger(out, model, guide,
-                                  prepare_data(config, "test", device)[:200], seed=seed)
+                                  prepare_data(config, "test", device)[:200], seed=seed,
+                                  offset_nats=offset)
         callbacks.append(board)
     trainer = Trainer(model, guide, elbo, lr=config.train.lr, aggressive=aggressive,
                       batch_size=config.train.batch_size, seed=seed,
@@ -281,6 +285,8 @@ def train_run(config: RunConfig | Mapping, out: str | Path, *, resume: bool = Fa
         if board is not None:
             board.close()
     train_seconds = time.perf_counter() - t0
+    if offset:  # the loss on the discrete scale, the density's value kept as loss_density
+        history = [{**h, "loss": h["loss"] + offset, "loss_density": h["loss"]} for h in history]
     save_loss_curve(history, out / "loss_curve.png")
     metrics = evaluate_run(out, num_samples=num_samples, num_test=num_test,
                            model=model, guide=guide, config=config, progress=progress)
@@ -339,8 +345,16 @@ def evaluate_run(run_dir: str | Path, *, num_samples: int = 1000, num_test: Opti
     to ``seed`` (>= 0, recorded as ``seed``) first, so two evaluations give the same
     numbers.
 
+    Every bound is on one scale, the discrete data's log P(x) in nats: for a continuous
+    likelihood on uniformly dequantised data the offset of :func:`test_bits_offset`
+    (``bits_per_dim_offset_nats`` = D log L, Theis et al. 2016, eq. 9) is subtracted from
+    the density's ELBO and reconstruction term and added to its NLL, so
+    ``test_elbo <= -test_nll`` (up to Monte-Carlo error) holds as for any other model.
+
     Returns a dict with ``test_elbo`` (mean per-datapoint ELBO, nats, one sample per
-    point), ``test_reconstruction`` (mean E_q log p(x | z), nats, same draws),
+    point, minus the offset), ``test_reconstruction`` (mean E_q log p(x | z), nats, same
+    draws, minus the offset), ``test_elbo_density`` / ``test_reconstruction_density``
+    (the same without the offset; ``None`` when the offset is 0 or undefined),
     ``test_kl`` (mean KL(q(z | x) || p(z)), nats; ``test_kl_method`` says whether in
     closed form or Monte Carlo, :func:`lvm_pyro.inference.elbo_parts`), ``seed``, ``test_nll`` (mean -log p(x) plus the offset of :func:`test_bits_offset`,
     nats per example, ``num_samples`` importance samples with the guide as proposal),
@@ -377,14 +391,20 @@ def evaluate_run(run_dir: str | Path, *, num_samples: int = 1000, num_test: Opti
         recs.append(parts.reconstruction)
         kls.append(parts.kl)
         logps.append(log_marginal_likelihood(model, guide, xb, num_samples=num_samples))
-    elbo = torch.cat(elbos)
     r = nll_report(torch.cat(logps), test_bits_offset(config, x))
+    # every bound on one scale: the discrete log P(x) (the density's values minus the
+    # offset D log L of uniformly dequantised data; unchanged when the offset is 0 or None)
+    shift = r.offset_nats or 0.0
+    elbo_density, rec_density = torch.cat(elbos).double(), torch.cat(recs).double()
+    elbo, rec = elbo_density - shift, rec_density - shift
     mode = config.data.binarization
     test_binarization = {"dequantize": "fixed uniform dequantisation, seed 0", "none": "none"}.get(
         mode, "fixed Bernoulli draw, seed 0")
     metrics = {
         "test_elbo": float(elbo.mean()), "test_elbo_se": float(elbo.std() / math.sqrt(len(elbo))),
-        "test_reconstruction": float(torch.cat(recs).mean()),
+        "test_reconstruction": float(rec.mean()),
+        "test_elbo_density": float(elbo_density.mean()) if shift else None,
+        "test_reconstruction_density": float(rec_density.mean()) if shift else None,
         "test_kl": float(torch.cat(kls).mean()), "test_kl_method": parts.kl_method,
         "test_nll": r.nll, "test_nll_se": r.nll_se, "test_bits_per_dim": r.bits_per_dim,
         "test_nll_density": r.nll_density if r.offset_nats != 0.0 else None,

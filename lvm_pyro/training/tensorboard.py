@@ -5,7 +5,9 @@ Per epoch: ``train/loss`` (nats per datapoint), ``test/elbo``, ``test/reconstruc
 ``test/kl`` and ``test/nll`` (importance-sampled, nats per example) on a fixed subset of
 the test split, ``test/kl_per_dim/<d>`` (KL of each coordinate of the root latent,
 :func:`lvm_pyro.diagnostics.kl_per_dimension`, when it applies) and, for image data, the
-``samples`` (decoder means at prior draws) and ``reconstructions`` grids.
+``samples`` (decoder means at prior draws) and ``reconstructions`` grids. With
+``offset_nats`` (D log L for a density on uniformly dequantised data) the loss, ELBO,
+reconstruction term and NLL are on the discrete data's scale, as in ``metrics.json``.
 
 The callback draws its random numbers from a fixed seed and restores every RNG afterwards,
 so a logged run trains exactly as an unlogged one (and resumes exactly).
@@ -36,13 +38,16 @@ class TensorBoardLogger:
         x_test: (n, ...) fixed test points (transformed as evaluated), a few hundred.
         num_samples: importance samples K for ``test/nll``.
         seed: seed of the callback's own draws.
+        offset_nats: nats added to the density's -log p to bound the discrete -log P
+            (:func:`lvm_pyro.inference.bits_per_dim_offset`; 0 for discrete likelihoods).
 
     Raises:
         ValueError: ``num_samples < 1`` or empty ``x_test``.
     """
 
     def __init__(self, run_dir: str | Path, model: Callable, guide: Callable,
-                 x_test: torch.Tensor, *, num_samples: int = 100, seed: int = 0):
+                 x_test: torch.Tensor, *, num_samples: int = 100, seed: int = 0,
+                 offset_nats: float = 0.0):
         from torch.utils.tensorboard import SummaryWriter
 
         if num_samples < 1:
@@ -51,6 +56,7 @@ class TensorBoardLogger:
             raise ValueError("x_test is empty; pass at least one test point")
         self.model, self.guide, self.x = model, guide, x_test
         self.num_samples, self.seed = int(num_samples), int(seed)
+        self.offset = float(offset_nats)
         self.path = Path(run_dir) / TENSORBOARD_DIR
         self.writer = SummaryWriter(log_dir=str(self.path))
         self._latent = None
@@ -73,13 +79,14 @@ class TensorBoardLogger:
         from .pictures import prior_samples, reconstruct
 
         w, x = self.writer, self.x
-        w.add_scalar("train/loss", loss, epoch)
+        c = self.offset
+        w.add_scalar("train/loss", loss + c, epoch)
         parts = elbo_parts(self.model, self.guide, x)
-        w.add_scalar("test/elbo", float(parts.elbo.mean()), epoch)
-        w.add_scalar("test/reconstruction", float(parts.reconstruction.mean()), epoch)
+        w.add_scalar("test/elbo", float(parts.elbo.mean()) - c, epoch)
+        w.add_scalar("test/reconstruction", float(parts.reconstruction.mean()) - c, epoch)
         w.add_scalar("test/kl", float(parts.kl.mean()), epoch)
         nll = -log_marginal_likelihood(self.model, self.guide, x, num_samples=self.num_samples)
-        w.add_scalar("test/nll", float(nll.mean()), epoch)
+        w.add_scalar("test/nll", float(nll.mean()) + c, epoch)
         try:
             if self._latent is None:
                 self._latent = resolve_latent(self.guide, x[:2])

@@ -20,6 +20,12 @@ def _flat(t: torch.Tensor, event_dims: int) -> tuple[torch.Tensor, torch.Size]:
     return t.reshape(-1, *t.shape[-event_dims:]), batch
 
 
+def _check_pad(pad: int) -> int:
+    if isinstance(pad, bool) or int(pad) != pad or pad < 0:
+        raise ValueError(f"pad must be an integer >= 0 (zero pixels on each side), got {pad!r}")
+    return int(pad)
+
+
 def _check_downsample(bottom_downsample: int) -> None:
     if bottom_downsample < 1:
         raise ValueError(f"bottom_downsample must be >= 1 (stride-2 layers to the bottom grid), "
@@ -39,6 +45,9 @@ class VQVAE2Encoder(nn.Module):
             :class:`lvm_pyro.nn.VQConvEncoder`.
         bottom_downsample: stride-2 convolutions from the image to the bottom grid
             (default 1: 32x32 images give a 16x16 bottom and an 8x8 top grid).
+        pad: zero pixels added on each side of the image first (2: 28x28 Fashion-MNIST
+            read as 32x32, Razavi et al. 2019's padded setting; the grids are those of the
+            padded image). Default 0.
 
     Use ``h = features(x)``, ``z_e_top = top(h)``, then ``z_e_bottom = bottom(h, z_q_top)``.
 
@@ -48,10 +57,12 @@ class VQVAE2Encoder(nn.Module):
     """
 
     def __init__(self, in_channels: int, embedding_dim: int, channels: int = 64,
-                 res_channels: int = 32, num_res_blocks: int = 2, bottom_downsample: int = 1):
+                 res_channels: int = 32, num_res_blocks: int = 2, bottom_downsample: int = 1,
+                 pad: int = 0):
         super().__init__()
         _check(channels, res_channels, num_res_blocks)
         _check_downsample(bottom_downsample)
+        self.pad = _check_pad(pad)
         self.in_channels, self.embedding_dim = int(in_channels), int(embedding_dim)
         self.factor = 2 ** int(bottom_downsample)
         down: list[nn.Module] = []
@@ -72,11 +83,14 @@ class VQVAE2Encoder(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(..., C, H, W) -> (..., channels, H / f, W / f)."""
-        f2 = 2 * self.factor
-        if x.dim() < 4 or x.shape[-3] != self.in_channels or x.shape[-2] % f2 or x.shape[-1] % f2:
-            raise ValueError(f"VQVAE2Encoder expects (..., {self.in_channels}, H, W) with H, W "
-                             f"divisible by {f2}, got {tuple(x.shape)}")
+        f2, p = 2 * self.factor, 2 * self.pad
+        if (x.dim() < 4 or x.shape[-3] != self.in_channels or (x.shape[-2] + p) % f2
+                or (x.shape[-1] + p) % f2):
+            raise ValueError(f"VQVAE2Encoder expects (..., {self.in_channels}, H, W) with H + "
+                             f"{p}, W + {p} divisible by {f2}, got {tuple(x.shape)}")
         flat, batch = _flat(x, 3)
+        if self.pad:
+            flat = nn.functional.pad(flat, (self.pad,) * 4)  # (B', C, H + 2p, W + 2p)
         h = self.features_net(flat)
         return h.reshape(*batch, *h.shape[-3:])
 
@@ -109,18 +123,21 @@ class VQVAE2Decoder(nn.Module):
     Args:
         embedding_dim: D.
         out_shape: event shape of the output.
-        channels, res_channels, num_res_blocks, bottom_downsample: as
-            :class:`VQVAE2Encoder`.
+        channels, res_channels, num_res_blocks, bottom_downsample, pad: as
+            :class:`VQVAE2Encoder`; with ``pad`` the decoder produces the padded image and
+            crops ``pad`` pixels off each side, so ``out_shape`` is the unpadded event.
 
     Raises:
         ValueError: bad widths; at call time, shapes that do not fit.
     """
 
     def __init__(self, embedding_dim: int, out_shape: Sequence[int], channels: int = 64,
-                 res_channels: int = 32, num_res_blocks: int = 2, bottom_downsample: int = 1):
+                 res_channels: int = 32, num_res_blocks: int = 2, bottom_downsample: int = 1,
+                 pad: int = 0):
         super().__init__()
         _check(channels, res_channels, num_res_blocks)
         _check_downsample(bottom_downsample)
+        self.pad = _check_pad(pad)
         self.embedding_dim = int(embedding_dim)
         self.out_shape = tuple(int(s) for s in out_shape)
         out_c = 1
@@ -147,7 +164,9 @@ class VQVAE2Decoder(nn.Module):
         if up.shape[-2:] != zb.shape[-2:]:
             raise ValueError(f"the top grid {tuple(z_top.shape[-2:])} must be half the bottom "
                              f"grid {tuple(z_bottom.shape[-2:])}")
-        out = self.net(torch.cat([up, zb], dim=1))
+        out = self.net(torch.cat([up, zb], dim=1))  # (B', P C, H + 2 pad, W + 2 pad)
+        if self.pad:
+            out = out[..., self.pad:-self.pad, self.pad:-self.pad]
         if tuple(out.shape[-2:]) != self.out_shape[-2:]:
             raise ValueError(f"decoder produced {tuple(out.shape[-2:])} pixels but out_shape "
                              f"asks for {self.out_shape[-2:]}")

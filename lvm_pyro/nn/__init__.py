@@ -2,6 +2,7 @@
 dimensions, since vectorised particles add one."""
 
 from .attention_pixelcnn import AttentionPixelCNN, CausalSelfAttention
+from .classifier import CLASSIFIER_ARCHS, SmallCNNClassifier
 from .code_conditioner import CodeConditioner
 from .context_cnn import ContextCNN
 from .conv import ConvDecoder, ConvEncoder
@@ -15,6 +16,6 @@ from .vqvae2_conv import VQVAE2Decoder, VQVAE2Encoder
 __all__ = [
     "AttentionPixelCNN", "CausalSelfAttention", "ChannelSubset", "CodeConditioner",
     "CodebookUsage", "ContextCNN", "ConvDecoder", "ConvEncoder", "CouplingConvNet", "MLP",
-    "QuantizerOutput", "Squeeze2d", "VQConvDecoder", "VQConvEncoder", "VQVAE2Decoder",
+    "QuantizerOutput", "SmallCNNClassifier", "CLASSIFIER_ARCHS", "Squeeze2d", "VQConvDecoder", "VQConvEncoder", "VQVAE2Decoder",
     "VQVAE2Encoder", "VectorQuantizer", "codebook_usage",
 ]

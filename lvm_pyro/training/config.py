@@ -41,7 +41,7 @@ __all__ = ["ConfigError", "DATA_DEFAULTS", "FILE_DEFAULTS", "DataDefaults", "TRA
            "ModelConfig", "VAEConfig", "VQVAEConfig", "VQVAE2Config", "SBNConfig", "PixelVAEConfig", "FlowConfig",
            "UserModelConfig", "ObjectiveConfig", "TraceConfig", "MeanFieldConfig", "IWAEConfig",
            "VIMCOConfig", "TraceGraphConfig", "TCVAEConfig", "KL_SCHEDULES", "DEQUANTIZATIONS",
-           "DataConfig", "TrainConfig", "RunConfig", "PriorConfig", "DiagnoseConfig",
+           "DataConfig", "TrainConfig", "RunConfig", "PriorConfig", "ClassifierConfig", "DiagnoseConfig",
            "MODEL_CONFIGS", "OBJECTIVE_CONFIGS",
            "RECORD_KEYS", "default_transform", "add_config_arguments",
            "config_from_namespace", "model_arguments", "option", "given_options"]
@@ -707,6 +707,30 @@ class PriorConfig:
         if self.kernel_size % 2 == 0:
             raise ConfigError("kernel_size", f"must be odd, got {self.kernel_size}")
         _integer(self, "epochs", 0)
+        _integer(self, "batch_size", 1)
+        _positive(self, "lr")
+        _integer(self, "seed", 0)
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """The two small CNN classifiers of a run's real training images
+    (``lvm-pyro fit-classifier``, :mod:`lvm_pyro.training.classifiers`): the rejection
+    classifier (architecture ``"a"`` of :class:`lvm_pyro.nn.SmallCNNClassifier`, seed
+    ``seed``) and the independent evaluation classifier (architecture ``"b"``, seed
+    ``seed + 1``: other weights and another data order); Adam on the cross-entropy.
+
+    Raises:
+        ConfigError: a field out of range.
+    """
+
+    epochs: int = option(3, "epochs over the training images")
+    batch_size: int = option(128, "minibatch size")
+    lr: float = option(1e-3, "Adam learning rate")
+    seed: int = option(0, "seed of the rejection classifier (the evaluation one uses seed + 1)")
+
+    def __post_init__(self) -> None:
+        _integer(self, "epochs", 1)
         _integer(self, "batch_size", 1)
         _positive(self, "lr")
         _integer(self, "seed", 0)

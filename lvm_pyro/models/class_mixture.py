@@ -61,7 +61,7 @@ class ClassMixturePrior(nn.Module):
             raise ValueError(f"top must be class-conditional over the same {num_classes} classes, "
                              f"got num_classes={getattr(top, 'num_classes', None)}")
         if class_probs is None:
-            class_probs = torch.full((num_classes,), 1.0 / num_classes)
+            class_probs = torch.full((num_classes,), 1.0 / num_classes, dtype=torch.float64)
         class_probs = torch.as_tensor(class_probs, dtype=torch.float64)
         if (class_probs.shape != (num_classes,) or not bool((class_probs > 0).all())
                 or abs(float(class_probs.sum()) - 1.0) > 1e-6):

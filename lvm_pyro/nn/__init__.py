@@ -11,11 +11,11 @@ from .flow_layers import ChannelSubset, Squeeze2d
 from .mlp import MLP
 from .quantizer import CodebookUsage, QuantizerOutput, VectorQuantizer, codebook_usage
 from .vq_conv import VQConvDecoder, VQConvEncoder
-from .vqvae2_conv import VQVAE2Decoder, VQVAE2Encoder
+from .vqvae2_conv import SingleLevelDecoder, SingleLevelEncoder, VQVAE2Decoder, VQVAE2Encoder
 
 __all__ = [
     "AttentionPixelCNN", "CausalSelfAttention", "ChannelSubset", "CodeConditioner",
     "CodebookUsage", "ContextCNN", "ConvDecoder", "ConvEncoder", "CouplingConvNet", "MLP",
-    "QuantizerOutput", "SmallCNNClassifier", "CLASSIFIER_ARCHS", "Squeeze2d", "VQConvDecoder", "VQConvEncoder", "VQVAE2Decoder",
+    "QuantizerOutput", "SingleLevelDecoder", "SingleLevelEncoder", "SmallCNNClassifier", "CLASSIFIER_ARCHS", "Squeeze2d", "VQConvDecoder", "VQConvEncoder", "VQVAE2Decoder",
     "VQVAE2Encoder", "VectorQuantizer", "codebook_usage",
 ]

@@ -78,7 +78,8 @@ def test_fit_prior_bound_is_the_class_mixture_bound(run_dir):
                                                            rel=1e-5)
     assert m["reconstruction_nll"] == pytest.approx(float(-rec.double().mean()), rel=1e-5)
     # bits/code of both levels add up to the prior's part of the bound
-    prior_nats = (m["prior_bits_per_code_top"] * 4 + m["prior_bits_per_code_bottom"] * 16) * math.log(2)
+    prior_bits = m["prior_bits_per_code_top"] * 4 + m["prior_bits_per_code_bottom"] * 16
+    prior_nats = prior_bits * math.log(2)
     assert m["two_stage_nll"] == pytest.approx(m["reconstruction_nll"] + prior_nats, rel=1e-5)
 
 
@@ -160,7 +161,8 @@ def test_class_mixture_prior_is_normalised_and_sums_over_classes():
     all 4 grids, the bottom factor to 1 over all 256 grids for every top grid, and
     top x bottom equals (1/C) sum_y p(c_t | y) p(c_b | c_t, y)."""
     torch.manual_seed(0)
-    top = AttentionPixelCNNPrior(2, (1, 2), channels=8, num_layers=2, num_classes=3, num_heads=2).double()
+    top = AttentionPixelCNNPrior(2, (1, 2), channels=8, num_layers=2, num_classes=3,
+                                 num_heads=2).double()
     bottom = ConditionalPixelCNNPrior(2, (2, 4), 2, (1, 2), channels=8, num_layers=2,
                                       num_classes=3).double()
     for net in (top, bottom):  # random weights: make the conditionals far from uniform

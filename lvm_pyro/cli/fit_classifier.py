@@ -33,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from ..training.classifiers import CLASSIFIER_METRICS, ROLES, classifier_path, fit_run_classifiers
+    from ..training.classifiers import (CLASSIFIER_METRICS, ROLES, classifier_path,
+                                        fit_run_classifiers)
     from ..training.config import ClassifierConfig, given_options
 
     config = ClassifierConfig(**given_options(a, [ClassifierConfig]))
@@ -43,7 +44,7 @@ def run(a: argparse.Namespace) -> int:
     for r in roles:
         e = m[r]
         print(f"{r} classifier (architecture {e['arch']}, seed {e['seed']}): test accuracy "
-              f"{e['test_accuracy']:.4f} on {e['num_test']} images (train {e['train_accuracy']:.4f} "
-              f"on {e['num_train']}): {classifier_path(a.run_dir, r)}")
+              f"{e['test_accuracy']:.4f} on {e['num_test']} images (train "
+              f"{e['train_accuracy']:.4f} on {e['num_train']}): {classifier_path(a.run_dir, r)}")
     print(f"metrics: {Path(a.run_dir) / CLASSIFIER_METRICS}")
     return 0

@@ -90,7 +90,8 @@ class ClassMixturePrior(nn.Module):
         lt = self._per_class(lambda y: self.top.log_prob(context, y), len(context), context.device)
         return self.log_class_probs.to(lt).unsqueeze(-1) + lt
 
-    def log_prob(self, codes: torch.Tensor, *, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def log_prob(self, codes: torch.Tensor, *,
+                 context: Optional[torch.Tensor] = None) -> torch.Tensor:
         """log p(codes) (one level) or log p(codes | context) (the bottom factor), nats:
         codes (n, H, W) -> (n,)."""
         if (context is None) != (self.top is None):
@@ -124,5 +125,6 @@ class ClassMixturePrior(nn.Module):
         return self.prior.sample(num_samples, y, context=context, generator=generator)
 
     def extra_repr(self) -> str:
-        return (f"num_classes={self.log_class_probs.numel()}, "
-                f"entropy={-float((self.log_class_probs.exp() * self.log_class_probs).sum()) / math.log(2):.3f} bits")
+        lp = self.log_class_probs
+        entropy = -float((lp.exp() * lp).sum()) / math.log(2)
+        return f"num_classes={lp.numel()}, class entropy={entropy:.3f} bits"

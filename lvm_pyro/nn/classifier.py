@@ -65,8 +65,9 @@ class SmallCNNClassifier(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(..., C, H, W) -> (..., feature_dim), the penultimate layer."""
         if x.dim() < 4 or tuple(x.shape[-3:]) != self.in_shape:
-            raise ValueError(f"SmallCNNClassifier expects (..., {', '.join(map(str, self.in_shape))}) "
-                             f"images, got {tuple(x.shape)}")
+            shape = ", ".join(map(str, self.in_shape))
+            raise ValueError(f"SmallCNNClassifier expects (..., {shape}) images, got "
+                             f"{tuple(x.shape)}")
         batch = x.shape[:-3]
         out = self.body(x.reshape(-1, *self.in_shape))
         return out.reshape(*batch, self.feature_dim)

@@ -493,7 +493,8 @@ def _vqvae2_metrics(config: RunConfig, model, guide, x, batch_size: int = 100) -
         usage = codebook_usage(torch.cat(codes), q.codebook_size)
         metrics.update({f"test_perplexity_{level}": usage.perplexity,
                         f"test_dead_codes_{level}": usage.dead_codes,
-                        f"codebook_size_{level}": q.codebook_size, f"code_grid_{level}": list(grid)})
+                        f"codebook_size_{level}": q.codebook_size,
+                        f"code_grid_{level}": list(grid)})
     return metrics
 
 

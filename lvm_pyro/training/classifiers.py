@@ -82,7 +82,8 @@ def accuracy(classifier, x: torch.Tensor, y: torch.Tensor, batch_size: int = 100
     """Fraction of x (N, ...) whose arg-max class is y (N,)."""
     if len(x) == 0:
         raise ValueError("accuracy of no images: pass at least one")
-    pred = torch.cat([classifier(x[s:s + batch_size]).argmax(-1) for s in range(0, len(x), batch_size)])
+    pred = torch.cat([classifier(x[s:s + batch_size]).argmax(-1)
+                      for s in range(0, len(x), batch_size)])
     return float((pred.cpu() == torch.as_tensor(y).long().cpu()).double().mean())
 
 

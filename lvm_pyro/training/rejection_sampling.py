@@ -111,6 +111,7 @@ def rejection_sample_run(run_dir: str | Path, threshold: float, *, num_samples: 
                "mean_probability": float(res.probability.mean()), "seed": seed,
                "pictures": {"all": str(all_path)}}
     if len(kept):
-        metrics["pictures"]["kept"] = str(save_grid(images[kept], out_dir / "rejection_samples.png"))
+        kept_path = save_grid(images[kept], out_dir / "rejection_samples.png")
+        metrics["pictures"]["kept"] = str(kept_path)
     write_json(out_dir / REJECTION_FILE, metrics)
     return metrics

@@ -68,7 +68,7 @@ from lvm_pyro.training.rundir import write_json  # noqa: E402
 
 RESULTS = Path("benchmarks/results")
 FIGURES = Path("docs/figures")
-THRESHOLDS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.99)
+THRESHOLDS = (0.0, 0.3, 0.5, 0.7, 0.9, 0.95, 0.99)
 
 
 def log(msg: str) -> None:
@@ -174,11 +174,13 @@ def sweep(a, run_dir: Path) -> tuple[dict, dict]:
         pred = torch.cat([ev(images[s:s + 500]).argmax(-1) for s in range(0, len(images), 500)])
     rows = []
     results = {}
-    for t in THRESHOLDS:
-        res = classifier_rejection(images, y, rej, threshold=t)
-        results[t] = res
-    n_match = max(a.min_match, min(int(r.keep.sum()) for r in results.values()))
+    for t in sorted(set(THRESHOLDS) | {a.figure_threshold}):
+        results[t] = classifier_rejection(images, y, rej, threshold=t)
+    counts = [int(results[t].keep.sum()) for t in THRESHOLDS]
+    big = [c for c in counts if c >= a.min_match]
+    n_common = min(big) if big else None  # one set size for every row's matched numbers
     gen = torch.Generator().manual_seed(1)
+    real_common = None if n_common is None else torch.randperm(len(real_f), generator=gen)[:n_common]
     for t in THRESHOLDS:
         keep = results[t].keep
         kept = keep.nonzero().squeeze(-1)
@@ -187,18 +189,20 @@ def sweep(a, run_dir: Path) -> tuple[dict, dict]:
                                              for c in range(num_classes)]}
         if len(kept) > 3:
             row["eval_accuracy"] = float((pred[kept] == y[kept]).double().mean())
-            pr = precision_recall(real_f, fake_f[kept], k=3)
-            row["precision"], row["recall"] = pr.precision, pr.recall
-            m = min(n_match, len(kept))
-            sub = kept[torch.randperm(len(kept), generator=gen)[:m]]
-            real_sub = torch.randperm(len(real_f), generator=gen)[:m]
-            pr_m = precision_recall(real_f[real_sub], fake_f[sub], k=3)
-            row["precision_matched"], row["recall_matched"], row["matched_size"] = (
-                pr_m.precision, pr_m.recall, m)
+            # precision against the whole held-out real set: its radii do not depend on
+            # how many samples were kept, so it compares across thresholds
+            row["precision"] = precision_recall(real_f, fake_f[kept], k=3).precision
             cov = class_coverage(pred[kept], y[kept], num_classes)
             row["coverage_per_class"] = [None if math.isnan(v) else float(v) for v in cov.tolist()]
             row["classes_with_samples"] = int(sum(bool((y[kept] == c).any())
                                                   for c in range(num_classes)))
+        if n_common is not None and len(kept) >= a.min_match:
+            # recall depends on the generated set's size (its k-NN radii): every row uses
+            # n_common kept samples and n_common real images
+            sub = kept[torch.randperm(len(kept), generator=gen)[:n_common]]
+            pr_m = precision_recall(real_f[real_common], fake_f[sub], k=3)
+            row["precision_matched"], row["recall_matched"] = pr_m.precision, pr_m.recall
+            row["matched_size"] = n_common
         rows.append(row)
     # real images through the same measurements: the ceiling of each number
     with torch.no_grad():
@@ -209,6 +213,11 @@ def sweep(a, run_dir: Path) -> tuple[dict, dict]:
     reference = {"eval_accuracy_real": float((real_pred == real_labels).double().mean()),
                  "precision_real_vs_real": pr_real.precision, "recall_real_vs_real": pr_real.recall,
                  "real_halves_size": half}
+    if n_common is not None and 2 * n_common <= len(real_f):  # real vs real at the matched size
+        perm = torch.randperm(len(real_f), generator=gen)
+        pr_m = precision_recall(real_f[perm[:n_common]], real_f[perm[n_common:2 * n_common]], k=3)
+        reference.update(precision_real_vs_real_matched=pr_m.precision,
+                         recall_real_vs_real_matched=pr_m.recall)
     figure(images, y, results, num_classes, a.figure_threshold, Path(a.figures))
     return {"rows": rows, "reference": reference, "num_samples": a.num_samples,
             "num_real": len(real), "sample_cpu_seconds": sample_seconds}, {}
@@ -273,10 +282,13 @@ def main(argv=None) -> int:
     p.add_argument("--prior-layers", type=int, default=4)
     p.add_argument("--prior-epochs", type=int, default=2)
     p.add_argument("--classifier-epochs", type=int, default=2)
+    p.add_argument("--classifier-lr", type=float, default=1e-3)
+    p.add_argument("--prior-lr", type=float, default=1e-3)
     p.add_argument("--num-samples", type=int, default=2000)
     p.add_argument("--num-real", type=int, default=2000)
-    p.add_argument("--min-match", type=int, default=100)
-    p.add_argument("--figure-threshold", type=float, default=0.95)
+    p.add_argument("--min-match", type=int, default=50,
+                   help="fewest kept samples for the size-matched precision / recall")
+    p.add_argument("--figure-threshold", type=float, default=0.9)
     p.add_argument("--fresh", action="store_true")
     a = p.parse_args(argv)
     work = Path(a.work)
@@ -292,13 +304,14 @@ def main(argv=None) -> int:
     one = stage(work / "one_level.json", lambda: train_one_level(a, cfg), a.fresh)
     log("stage 3: priors (fit-prior)")
     pc = PriorConfig(channels=a.prior_channels, num_layers=a.prior_layers, epochs=a.prior_epochs,
-                     batch_size=128, lr=1e-3, seed=0)
+                     batch_size=128, lr=a.prior_lr, seed=0)
     priors = stage(work / "priors.json", lambda: fit_prior(
         run_dir, pc, num_train=a.num_train, num_test=a.num_bound, num_pictures=100,
         progress=False, force=True), a.fresh)
     log("stage 4: classifiers (fit-classifier)")
     clf = stage(work / "classifiers.json", lambda: fit_run_classifiers(
-        run_dir, ClassifierConfig(epochs=a.classifier_epochs), num_train=a.num_train,
+        run_dir, ClassifierConfig(epochs=a.classifier_epochs, lr=a.classifier_lr),
+        num_train=a.num_train,
         force=True), a.fresh)
     log("stage 5: rejection sweep")
     sw = stage(work / "sweep.json", lambda: sweep(a, run_dir)[0], a.fresh)
@@ -311,8 +324,9 @@ def main(argv=None) -> int:
                                 "logistic over the data set's levels",
                        "epochs": a.epochs, "channels": a.channels, "lr": a.lr,
                        "prior": {"channels": a.prior_channels, "num_layers": a.prior_layers,
-                                 "epochs": a.prior_epochs},
-                       "classifier_epochs": a.classifier_epochs, "threads": 1},
+                                 "epochs": a.prior_epochs, "lr": a.prior_lr},
+                       "classifier_epochs": a.classifier_epochs,
+                       "classifier_lr": a.classifier_lr, "threads": 1},
            "two_level": {k: v for k, v in two.items() if k != "train_curve"},
            "two_level_train_curve": two.get("train_curve"),
            "one_level": {k: v for k, v in one.items() if k != "train_curve"},
@@ -377,25 +391,31 @@ def markdown(o: dict) -> str:
     ref = sw["reference"]
     lines += ["", "## Rejection sweep", "",
               f"{sw['num_samples']} class-conditional samples ({sw['num_samples'] // 10} per "
-              f"class); precision / recall (k = 3) against {sw['num_real']} held-out real "
-              "test images in the evaluation classifier's feature space; 'matched' subsamples "
-              "both sets to the same size at every threshold.", "",
-              "| threshold | acceptance | eval. accuracy | precision | recall | precision (matched) "
+              f"class). Precision (k = 3) of the kept samples against {sw['num_real']} held-out "
+              "real test images in the evaluation classifier's feature space; recall depends on "
+              "the generated set's size, so precision / recall 'matched' use the same number "
+              "of kept samples and of real images at every threshold (the smallest kept set "
+              "of at least --min-match; '-' where fewer were kept).", "",
+              "| threshold | kept | acceptance | eval. accuracy | precision | precision (matched) "
               "| recall (matched) | min / max class acceptance | min class coverage |",
               "|---|---|---|---|---|---|---|---|---|"]
     for row in sw["rows"]:
         acc = row["acceptance_rate_per_class"]
         cov = [c for c in row.get("coverage_per_class", []) if c is not None]
         lines.append(
-            f"| {'none' if row['threshold'] == 0 else row['threshold']} | {row['acceptance_rate']:.3f} | "
-            f"{_f(row.get('eval_accuracy'))} | {_f(row.get('precision'))} | {_f(row.get('recall'))} | "
-            f"{_f(row.get('precision_matched'))} | {_f(row.get('recall_matched'))} "
-            f"(n={row.get('matched_size', '-')}) | {min(acc):.2f} / {max(acc):.2f} | "
+            f"| {'none' if row['threshold'] == 0 else row['threshold']} | {row['num_kept']} | "
+            f"{row['acceptance_rate']:.3f} | {_f(row.get('eval_accuracy'))} | "
+            f"{_f(row.get('precision'))} | {_f(row.get('precision_matched'))} | "
+            f"{_f(row.get('recall_matched'))} | {min(acc):.2f} / {max(acc):.2f} | "
             f"{_f(min(cov) if cov else None, '.2f')} |")
+    n_m = next((r["matched_size"] for r in sw["rows"] if "matched_size" in r), None)
+    lines += ["", f"Matched set size: {n_m}."]
     lines += ["", f"Real images through the same measurements: evaluation accuracy "
                   f"{ref['eval_accuracy_real']:.3f}; precision / recall of one half of the real "
                   f"images against the other ({ref['real_halves_size']} each): "
-                  f"{ref['precision_real_vs_real']:.3f} / {ref['recall_real_vs_real']:.3f}.", "",
+                  f"{ref['precision_real_vs_real']:.3f} / {ref['recall_real_vs_real']:.3f}; at the "
+                  f"matched size: {_f(ref.get('precision_real_vs_real_matched'))} / "
+                  f"{_f(ref.get('recall_real_vs_real_matched'))}.", "",
               "Figure: docs/figures/vqvae2_rejection_samples.png (left: draws per class without "
               "rejection; right: kept draws at the figure's threshold).", ""]
     return "\n".join(lines)

@@ -14,8 +14,9 @@ from .vq_conv import VQConvDecoder, VQConvEncoder
 from .vqvae2_conv import SingleLevelDecoder, SingleLevelEncoder, VQVAE2Decoder, VQVAE2Encoder
 
 __all__ = [
-    "AttentionPixelCNN", "CausalSelfAttention", "ChannelSubset", "CodeConditioner",
-    "CodebookUsage", "ContextCNN", "ConvDecoder", "ConvEncoder", "CouplingConvNet", "MLP",
-    "QuantizerOutput", "SingleLevelDecoder", "SingleLevelEncoder", "SmallCNNClassifier", "CLASSIFIER_ARCHS", "Squeeze2d", "VQConvDecoder", "VQConvEncoder", "VQVAE2Decoder",
+    "AttentionPixelCNN", "CLASSIFIER_ARCHS", "CausalSelfAttention", "ChannelSubset",
+    "CodeConditioner", "CodebookUsage", "ContextCNN", "ConvDecoder", "ConvEncoder",
+    "CouplingConvNet", "MLP", "QuantizerOutput", "SingleLevelDecoder", "SingleLevelEncoder",
+    "SmallCNNClassifier", "Squeeze2d", "VQConvDecoder", "VQConvEncoder", "VQVAE2Decoder",
     "VQVAE2Encoder", "VectorQuantizer", "codebook_usage",
 ]

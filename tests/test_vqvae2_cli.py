@@ -153,6 +153,7 @@ def test_sample_with_threshold_needs_a_vqvae2_run_with_a_classifier(tmp_path, ca
     assert main(["fit", *TINY_FIT, "--out", str(run)]) == 0
     assert main(["sample", str(run), "--classifier-threshold", "0.5"]) == 2
     assert "fit-prior" in capsys.readouterr().err
+    assert not (run / "sample").exists()  # refused before drawing any picture
 
 
 @torch.no_grad()

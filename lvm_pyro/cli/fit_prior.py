@@ -18,7 +18,8 @@ HELP = ("stage two: fit a Gated PixelCNN prior over a VQ-VAE run's codes (both l
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..training.config import PriorConfig, add_config_arguments
 
-    p.add_argument("run_dir", help="a VQ-VAE run directory (lvm-pyro fit --model vqvae)")
+    p.add_argument("run_dir", help="a VQ-VAE run directory (lvm-pyro fit --model vqvae or "
+                                   "vqvae2: both levels' priors)")
     add_config_arguments(p, [PriorConfig], title="prior")
     p.add_argument("--num-train", type=int, default=None, help="fit on the first N training points")
     p.add_argument("--num-test", type=int, default=None, help="evaluate on the first N test points")

@@ -32,8 +32,13 @@ def run(a: argparse.Namespace) -> int:
     from ..training.run import sample_run
 
     out = Path(a.out) if a.out is not None else Path(a.run_dir) / SAMPLE_DIR
-    if a.classifier_threshold is not None and not 0.0 <= a.classifier_threshold <= 1.0:
-        raise ValueError(f"--classifier-threshold must lie in [0, 1], got {a.classifier_threshold}")
+    if a.classifier_threshold is not None:
+        from ..training.rejection_sampling import check_rejection_ready
+
+        if not 0.0 <= a.classifier_threshold <= 1.0:
+            raise ValueError(f"--classifier-threshold must lie in [0, 1], got "
+                             f"{a.classifier_threshold}")
+        check_rejection_ready(a.run_dir)  # before drawing any picture
     paths = sample_run(a.run_dir, num_samples=a.num_samples, out_dir=out, data_root=a.data_root)
     print("\n".join(f"{k}: {v}" for k, v in paths.items()))
     if a.classifier_threshold is not None:

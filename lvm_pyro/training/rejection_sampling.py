@@ -18,9 +18,10 @@ import torch
 
 from ..diagnostics import classifier_rejection
 from .classifiers import load_classifier
-from .prior_stage2 import is_vqvae2, load_vqvae2_priors, sample_codes
+from .prior_stage2 import load_vqvae2_priors, sample_codes
 
-__all__ = ["class_conditional_samples", "rejection_sample_run", "REJECTION_FILE"]
+__all__ = ["class_conditional_samples", "check_rejection_ready", "rejection_sample_run",
+           "REJECTION_FILE"]
 
 REJECTION_FILE = "rejection.json"
 
@@ -46,6 +47,33 @@ def class_conditional_samples(model, prior_top, prior_bottom, y: torch.Tensor, *
     return torch.cat(out)
 
 
+def check_rejection_ready(run_dir: str | Path) -> None:
+    """Check, without loading any network, that ``run_dir`` can be rejection-sampled: a
+    VQ-VAE-2 run, priors fitted after its training, a stored rejection classifier.
+
+    Raises:
+        ValueError: not a VQ-VAE-2 run.
+        CheckpointError: no run directory, no current priors (``lvm-pyro fit-prior``) or
+            no rejection classifier (``lvm-pyro fit-classifier``).
+    """
+    from .checkpoint import CheckpointError
+    from .classifiers import classifier_path
+    from .prior_stage import prior_is_current
+    from .run import read_run_config
+
+    cfg, _ = read_run_config(run_dir)
+    if cfg.model_name != "vqvae2":
+        raise ValueError(f"classifier rejection needs a VQ-VAE-2 run with class-conditional "
+                         f"priors (lvm-pyro fit --model vqvae2, then fit-prior); {run_dir} is a "
+                         f"{cfg.model_name} run")
+    if not prior_is_current(run_dir):
+        raise CheckpointError(f"{run_dir} has no priors fitted after its training; fit them "
+                              f"first: lvm-pyro fit-prior {run_dir}")
+    if not classifier_path(run_dir, "rejection").exists():
+        raise CheckpointError(f"{classifier_path(run_dir, 'rejection')} does not exist; train "
+                              f"the classifiers first: lvm-pyro fit-classifier {run_dir}")
+
+
 def rejection_sample_run(run_dir: str | Path, threshold: float, *, num_samples: int = 100,
                          out_dir: Optional[str | Path] = None, seed: int = 0,
                          data_root: Optional[str | Path] = None) -> dict:
@@ -67,7 +95,6 @@ def rejection_sample_run(run_dir: str | Path, threshold: float, *, num_samples: 
             classifier (``lvm-pyro fit-classifier``).
     """
     from .pictures import save_grid
-    from .prior_stage import prior_is_current
     from .run import load_run
     from .rundir import ensure_directory, write_json
 
@@ -77,16 +104,8 @@ def rejection_sample_run(run_dir: str | Path, threshold: float, *, num_samples: 
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     run_dir = Path(run_dir)
     out_dir = run_dir / "sample" if out_dir is None else Path(out_dir)
+    check_rejection_ready(run_dir)
     model, _, config, _ = load_run(run_dir, data_root=data_root)
-    if not is_vqvae2(model):
-        raise ValueError(f"classifier rejection needs a VQ-VAE-2 run with class-conditional "
-                         f"priors (lvm-pyro fit --model vqvae2, then fit-prior); {run_dir} is a "
-                         f"{config['model']} run")
-    if not prior_is_current(run_dir):
-        from .checkpoint import CheckpointError
-
-        raise CheckpointError(f"{run_dir} has no priors fitted after its training; fit them "
-                              f"first: lvm-pyro fit-prior {run_dir}")
     model.eval()
     device = config["device"]
     prior_top, prior_bottom = load_vqvae2_priors(run_dir, device)

@@ -22,7 +22,7 @@ class _StubClassifier(torch.nn.Module):
 
 @pytest.mark.parametrize("threshold", [0.0, 0.5, 0.9])
 def test_acceptance_rate_matches_the_known_probabilities(threshold):
-    """q ~ Beta(2, 1) (density 2q): P(q > t) = 1 - t^2; the kept fraction of n draws lies
+    """q ~ Beta(2, 1) (density 2q): P(q >= t) = 1 - t^2; the kept fraction of n draws lies
     within 4 binomial standard deviations of it."""
     n = 20000
     g = torch.Generator().manual_seed(0)
@@ -33,7 +33,7 @@ def test_acceptance_rate_matches_the_known_probabilities(threshold):
     expected = 1 - threshold ** 2
     sd = math.sqrt(expected * (1 - expected) / n)
     assert abs(res.acceptance_rate - expected) <= 4 * sd + 1e-12
-    assert torch.equal(res.keep, q > threshold)
+    assert torch.equal(res.keep, q >= threshold)
 
 
 def test_keep_fraction_keeps_the_most_confident():
@@ -46,12 +46,24 @@ def test_keep_fraction_keeps_the_most_confident():
                                 _StubClassifier()).acceptance_rate == 1.0
 
 
+def test_threshold_keeps_probabilities_equal_to_it():
+    """The kept set is p >= threshold: a sample at exactly the threshold is kept, so
+    threshold 0 keeps all and threshold 1 keeps only p == 1."""
+    q = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)
+    res = classifier_rejection(q[:, None], torch.ones(3, dtype=torch.long), _StubClassifier(),
+                               threshold=0.5)
+    assert res.keep.tolist() == [False, True, True]
+    sure = classifier_rejection(q[:, None], torch.ones(3, dtype=torch.long), _StubClassifier(),
+                                threshold=1.0)
+    assert sure.keep.tolist() == [False, False, False] and sure.acceptance_rate == 0.0
+
+
 def test_rejection_errors():
     x, y = torch.full((3, 1), 0.5), torch.ones(3, dtype=torch.long)
     with pytest.raises(ValueError, match="not both"):
         classifier_rejection(x, y, _StubClassifier(), threshold=0.5, keep_fraction=0.5)
     with pytest.raises(ValueError, match="threshold"):
-        classifier_rejection(x, y, _StubClassifier(), threshold=1.0)
+        classifier_rejection(x, y, _StubClassifier(), threshold=1.5)
     with pytest.raises(ValueError, match="labels must"):
         classifier_rejection(x, torch.full((3,), 2), _StubClassifier())
 

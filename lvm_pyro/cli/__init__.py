@@ -1,8 +1,8 @@
-"""Command line of lvm_pyro: ``lvm-pyro fit | evaluate | sample | fit-prior | diagnose |
-disentanglement``.
+"""Command line of lvm_pyro: ``lvm-pyro fit | evaluate | sample | fit-prior | fit-classifier |
+diagnose | disentanglement``.
 
 One module per command (:mod:`.fit`, :mod:`.evaluate`, :mod:`.sample`, :mod:`.fit_prior`,
-:mod:`.diagnose`, :mod:`.disentanglement`), each with ``add_arguments(parser)`` and
+:mod:`.fit_classifier`, :mod:`.diagnose`, :mod:`.disentanglement`), each with ``add_arguments(parser)`` and
 ``run(args) -> int``. The flags that describe a run are generated from the typed configurations of
 :mod:`lvm_pyro.training.config`; library errors are worded in the library's terms and
 mapped to flags here (:func:`error_line`). ``python -m lvm_pyro.cli`` runs :func:`main`.
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from . import diagnose, disentanglement, evaluate, fit, fit_prior, sample
+from . import diagnose, disentanglement, evaluate, fit, fit_classifier, fit_prior, sample
 
 __all__ = ["main", "build_parser", "SUBCOMMANDS", "error_line"]
 
@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "evaluate": (evaluate.HELP, evaluate.add_arguments, evaluate.run),
     "sample": (sample.HELP, sample.add_arguments, sample.run),
     "fit-prior": (fit_prior.HELP, fit_prior.add_arguments, fit_prior.run),
+    "fit-classifier": (fit_classifier.HELP, fit_classifier.add_arguments, fit_classifier.run),
     "diagnose": (diagnose.HELP, diagnose.add_arguments, diagnose.run),
     "disentanglement": (disentanglement.HELP, disentanglement.add_arguments, disentanglement.run),
 }

@@ -33,7 +33,8 @@ def classifier_rejection(samples: torch.Tensor, labels: torch.Tensor,
         labels: (n,) int64, the class each sample was drawn for.
         classifier: module / callable (b, ...) -> (b, C) logits, trained on real images
             (use a different classifier to *evaluate* the kept samples).
-        threshold: keep samples with p(intended class) > threshold, in [0, 1).
+        threshold: keep samples with p(intended class) >= threshold, in [0, 1] (0 keeps
+            every sample).
         keep_fraction: instead, keep the ``ceil(keep_fraction * n)`` most confident
             samples, in (0, 1]. Neither: keep everything (the no-rejection baseline).
         batch_size: samples per classifier call.
@@ -47,8 +48,8 @@ def classifier_rejection(samples: torch.Tensor, labels: torch.Tensor,
     """
     if threshold is not None and keep_fraction is not None:
         raise ValueError("pass threshold or keep_fraction, not both")
-    if threshold is not None and not 0.0 <= threshold < 1.0:
-        raise ValueError(f"threshold must lie in [0, 1), got {threshold}")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
     if keep_fraction is not None and not 0.0 < keep_fraction <= 1.0:
         raise ValueError(f"keep_fraction must lie in (0, 1], got {keep_fraction}")
     if batch_size < 1:
@@ -70,7 +71,7 @@ def classifier_rejection(samples: torch.Tensor, labels: torch.Tensor,
     prob = torch.cat(probs) if probs else torch.zeros(0, dtype=torch.float64)
     n = len(prob)
     if threshold is not None:
-        keep = prob > threshold
+        keep = prob >= threshold
     elif keep_fraction is not None:
         keep = torch.zeros(n, dtype=torch.bool)
         m = int(torch.tensor(keep_fraction * n).ceil())

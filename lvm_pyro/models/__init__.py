@@ -1,6 +1,7 @@
 """Generative models p(x, z) as Pyro programs (site names: :mod:`lvm_pyro.sites`)."""
 
 from .attention_prior import AttentionPixelCNNPrior
+from .class_mixture import ClassMixturePrior
 from .codes_prior import ModuleCodesPrior
 from .conditional_prior import ConditionalPixelCNNPrior
 from .dequantization import DequantizedModel
@@ -17,7 +18,7 @@ from .vqvae import VQVAEModel
 from .vqvae2 import VQVAE2Model
 
 __all__ = [
-    "AttentionPixelCNNPrior", "BernoulliLikelihood", "ConditionalPixelCNNPrior",
+    "AttentionPixelCNNPrior", "BernoulliLikelihood", "ClassMixturePrior", "ConditionalPixelCNNPrior",
     "DequantizedModel", "DiscretizedLogisticLikelihood", "FlowModel", "GatedPixelCNNPrior",
     "GaussianLikelihood", "GaussianMixtureModel", "Likelihood", "LinearGaussianModel",
     "ModuleCodesPrior", "PixelCNNDecoderVAE", "PixelFlowDensity", "SigmoidBeliefNetModel",

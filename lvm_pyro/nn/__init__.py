@@ -2,6 +2,7 @@
 dimensions, since vectorised particles add one."""
 
 from .attention_pixelcnn import AttentionPixelCNN, CausalSelfAttention
+from .classifier import CLASSIFIER_ARCHS, SmallCNNClassifier
 from .code_conditioner import CodeConditioner
 from .context_cnn import ContextCNN
 from .conv import ConvDecoder, ConvEncoder
@@ -10,11 +11,12 @@ from .flow_layers import ChannelSubset, Squeeze2d
 from .mlp import MLP
 from .quantizer import CodebookUsage, QuantizerOutput, VectorQuantizer, codebook_usage
 from .vq_conv import VQConvDecoder, VQConvEncoder
-from .vqvae2_conv import VQVAE2Decoder, VQVAE2Encoder
+from .vqvae2_conv import SingleLevelDecoder, SingleLevelEncoder, VQVAE2Decoder, VQVAE2Encoder
 
 __all__ = [
-    "AttentionPixelCNN", "CausalSelfAttention", "ChannelSubset", "CodeConditioner",
-    "CodebookUsage", "ContextCNN", "ConvDecoder", "ConvEncoder", "CouplingConvNet", "MLP",
-    "QuantizerOutput", "Squeeze2d", "VQConvDecoder", "VQConvEncoder", "VQVAE2Decoder",
+    "AttentionPixelCNN", "CLASSIFIER_ARCHS", "CausalSelfAttention", "ChannelSubset",
+    "CodeConditioner", "CodebookUsage", "ContextCNN", "ConvDecoder", "ConvEncoder",
+    "CouplingConvNet", "MLP", "QuantizerOutput", "SingleLevelDecoder", "SingleLevelEncoder",
+    "SmallCNNClassifier", "Squeeze2d", "VQConvDecoder", "VQConvEncoder", "VQVAE2Decoder",
     "VQVAE2Encoder", "VectorQuantizer", "codebook_usage",
 ]

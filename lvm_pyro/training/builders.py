@@ -26,7 +26,7 @@ from ..nn import MLP, ConvDecoder, ConvEncoder
 from .config import (MODEL_CONFIGS, OBJECTIVE_CONFIGS, ConfigError, FlowConfig, IWAEConfig,
                      MeanFieldConfig, ModelConfig, ObjectiveConfig, PixelVAEConfig, RunConfig,
                      SBNConfig, TCVAEConfig, TraceConfig, TraceGraphConfig, UserModelConfig,
-                     VAEConfig, VIMCOConfig, VQVAEConfig)
+                     VAEConfig, VIMCOConfig, VQVAE2Config, VQVAEConfig)
 
 __all__ = ["MODEL_BUILDERS", "ELBO_BUILDERS", "register_model", "register_elbo",
            "build_model", "build_elbo", "build_objective", "build_vae", "build_vqvae",
@@ -404,6 +404,107 @@ def _vqvae_metrics(config: RunConfig, model, guide, x, batch_size: int = 100) ->
 register_model("vqvae", build_vqvae, VQVAEConfig)
 CALLBACK_BUILDERS["vqvae"] = _vqvae_callbacks
 METRIC_BUILDERS["vqvae"] = _vqvae_metrics
+def build_vqvae2(config: VQVAE2Config | Mapping, event_shape: Sequence[int]):
+    """VQ-VAE-2 (Razavi et al. 2019): :class:`~lvm_pyro.models.VQVAE2Model` and
+    :class:`~lvm_pyro.guides.VQVAE2Guide` with :class:`~lvm_pyro.nn.VQVAE2Encoder` /
+    :class:`~lvm_pyro.nn.VQVAE2Decoder` (``channels`` wide, residual stacks of
+    ``num_res_blocks`` blocks of ``channels // 2``, the image padded by ``pad`` on each
+    side), one :class:`~lvm_pyro.nn.VectorQuantizer` per level shared by model and guide,
+    uniform code priors (``lvm-pyro fit-prior`` fits both levels' priors), and the
+    likelihood ``likelihood`` over the unpadded image; every default is
+    :class:`~lvm_pyro.training.config.VQVAE2Config`'s.
+
+    Args:
+        config: a :class:`~lvm_pyro.training.config.VQVAE2Config` (or a flat mapping).
+        event_shape: (C, H, W) of one example.
+
+    Raises:
+        ConfigError: an event shape that is not (C, H, W), or H + 2 pad, W + 2 pad not
+            divisible by 2^(bottom_downsample + 1) (names ``pad``).
+    """
+    from ..guides import VQVAE2Guide
+    from ..models import VQVAE2Model
+    from ..nn import VectorQuantizer, VQVAE2Decoder, VQVAE2Encoder
+
+    cfg = _model_config(config, VQVAE2Config)
+    if len(tuple(event_shape)) != 3:
+        raise ConfigError("model", f"vqvae2 needs images (C, H, W), got event shape "
+                                   f"{tuple(event_shape)}")
+    c, h, w = tuple(event_shape)
+    f = 2 ** cfg.bottom_downsample
+    hp, wp = h + 2 * cfg.pad, w + 2 * cfg.pad
+    if hp % (2 * f) or wp % (2 * f):
+        raise ConfigError("pad", f"must make the padded image divisible by {2 * f} (the top "
+                                 f"grid is 1/{2 * f} of it): {h}x{w} padded by {cfg.pad} is "
+                                 f"{hp}x{wp}; e.g. --pad 2 for 28x28 images")
+    kwargs = {}
+    if cfg.likelihood == "discretized_logistic":
+        kwargs = {"num_mixtures": cfg.num_mixtures, "num_levels": cfg.num_levels}
+    lik = make_likelihood(cfg.likelihood, **kwargs)
+    d, ch = cfg.embedding_dim, cfg.channels
+    nets = {"channels": ch, "res_channels": max(1, ch // 2), "num_res_blocks": cfg.num_res_blocks,
+            "bottom_downsample": cfg.bottom_downsample, "pad": cfg.pad}
+    quantizers = [VectorQuantizer(k, d, commitment_weight=cfg.commitment_weight,
+                                  decay=cfg.decay if cfg.decay > 0 else None,
+                                  dead_code_threshold=cfg.dead_code_threshold)
+                  for k in (cfg.codebook_size_top, cfg.codebook_size_bottom)]
+    enc = VQVAE2Encoder(c, d, **nets)
+    dec = VQVAE2Decoder(d, (lik.num_params, c, h, w), **nets)
+    bottom = (hp // f, wp // f)
+    model = VQVAE2Model(dec, *quantizers, (bottom[0] // 2, bottom[1] // 2), bottom, (c, h, w), lik)
+    return model, VQVAE2Guide(enc, *quantizers)
+
+
+def _vqvae2_callbacks(config: dict, model, guide) -> list:
+    levels = (("top", guide.quantizer_top), ("bottom", guide.quantizer_bottom))
+
+    def codebook_usage(trainer, metrics) -> dict:
+        out = {}
+        for level, quantizer in levels:
+            restarts = int(quantizer.epoch_restarts)
+            usage = quantizer.usage_summary(reset=True)
+            out.update({f"perplexity_{level}": usage.perplexity,
+                        f"dead_codes_{level}": usage.dead_codes,
+                        f"restarted_codes_{level}": restarts})
+        return out
+
+    return [codebook_usage]
+
+
+def _vqvae2_metrics(config: RunConfig, model, guide, x, batch_size: int = 100) -> dict:
+    """Reconstruction NLL and bits/dim of the test data, the uniform code cost of both
+    levels (nats per example) and each level's codebook usage on the test codes."""
+    import torch
+
+    from ..nn import codebook_usage
+    from .run import test_bits_offset
+
+    rec, top, bottom = [], [], []
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            xb = x[start:start + batch_size]
+            out = guide.encode(xb)
+            rec.append(model.reconstruction_log_prob(xb, out.top.quantized, out.bottom.quantized))
+            top.append(out.top.indices)
+            bottom.append(out.bottom.indices)
+    r = nll_report(torch.cat(rec), test_bits_offset(config, x))
+    metrics = {"test_reconstruction_nll": r.nll, "test_reconstruction_nll_se": r.nll_se,
+               "test_reconstruction_bits_per_dim": r.bits_per_dim,
+               "code_bits": model.code_bits, "codes_prior_nats": model.code_bits * math.log(2)}
+    for level, codes, q, grid in (("top", top, model.quantizer_top, model.top_shape),
+                                  ("bottom", bottom, model.quantizer_bottom, model.bottom_shape)):
+        usage = codebook_usage(torch.cat(codes), q.codebook_size)
+        metrics.update({f"test_perplexity_{level}": usage.perplexity,
+                        f"test_dead_codes_{level}": usage.dead_codes,
+                        f"codebook_size_{level}": q.codebook_size,
+                        f"code_grid_{level}": list(grid)})
+    return metrics
+
+
+register_model("vqvae2", build_vqvae2, VQVAE2Config)
+CALLBACK_BUILDERS["vqvae2"] = _vqvae2_callbacks
+METRIC_BUILDERS["vqvae2"] = _vqvae2_metrics
+__all__ += ["build_vqvae2"]
 register_elbo("trace", lambda c: Trace_ELBO(num_particles=c.num_particles,
                                             vectorize_particles=c.num_particles > 1,
                                             max_plate_nesting=1), TraceConfig)

@@ -38,10 +38,10 @@ from typing import Any, ClassVar, Iterable, Mapping, NamedTuple, Optional
 from ..data.datasets import DATASET_LEVELS, DATASETS
 
 __all__ = ["ConfigError", "DATA_DEFAULTS", "FILE_DEFAULTS", "DataDefaults", "TRANSFORMS",
-           "ModelConfig", "VAEConfig", "VQVAEConfig", "SBNConfig", "PixelVAEConfig", "FlowConfig",
+           "ModelConfig", "VAEConfig", "VQVAEConfig", "VQVAE2Config", "SBNConfig", "PixelVAEConfig", "FlowConfig",
            "UserModelConfig", "ObjectiveConfig", "TraceConfig", "MeanFieldConfig", "IWAEConfig",
            "VIMCOConfig", "TraceGraphConfig", "TCVAEConfig", "KL_SCHEDULES", "DEQUANTIZATIONS",
-           "DataConfig", "TrainConfig", "RunConfig", "PriorConfig", "DiagnoseConfig",
+           "DataConfig", "TrainConfig", "RunConfig", "PriorConfig", "ClassifierConfig", "DiagnoseConfig",
            "MODEL_CONFIGS", "OBJECTIVE_CONFIGS",
            "RECORD_KEYS", "default_transform", "add_config_arguments",
            "config_from_namespace", "model_arguments", "option", "given_options"]
@@ -260,6 +260,59 @@ class VQVAEConfig(ModelConfig):
         _interval(self, "decay", 0.0, 1.0, high_open=True)
         _at_least(self, "dead_code_threshold", 0.0)
         _integer(self, "channels", 1)
+
+
+@dataclass(frozen=True)
+class VQVAE2Config(ModelConfig):
+    """The two-level VQ-VAE of :func:`lvm_pyro.training.builders.build_vqvae2` (VQ-VAE-2,
+    Razavi et al. 2019): :class:`lvm_pyro.nn.VQVAE2Encoder` / ``VQVAE2Decoder``
+    ``channels`` wide, the image zero-padded by ``pad`` pixels on each side (2: 28x28 read
+    as 32x32), a bottom grid of (H + 2 pad) / 2^bottom_downsample and a top grid of half
+    that (32x32, ``bottom_downsample`` 1: bottom 16x16, top 8x8); one
+    :class:`lvm_pyro.nn.VectorQuantizer` per level (``codebook_size_top``,
+    ``codebook_size_bottom``, shared ``embedding_dim``, EMA ``decay``, commitment weight
+    beta, dead-code restarts); a discretised logistic likelihood over the data's
+    ``num_levels`` levels (Salimans et al. 2017, eq. 2) of the unpadded image.
+
+    Raises:
+        ConfigError: a field out of range.
+    """
+
+    name: ClassVar[str] = "vqvae2"
+    likelihood: str = option("discretized_logistic", "observation model p(x | z_q)")
+    num_mixtures: int = option(1, "logistic components per pixel (discretized_logistic)")
+    num_levels: Optional[int] = option(None, "intensity levels of the discretised likelihood "
+                                             "(default: the data set's, 17 for digits, 256 "
+                                             "otherwise)")
+    codebook_size_top: int = option(512, "K_t, codes in the top codebook")
+    codebook_size_bottom: int = option(512, "K_b, codes in the bottom codebook")
+    embedding_dim: int = option(16, "D, size of each code vector")
+    commitment_weight: float = option(0.25, "beta, weight of the commitment loss")
+    decay: float = option(0.99, "EMA decay of the codebook in [0, 1); 0 learns it by the "
+                                "codebook loss")
+    dead_code_threshold: float = option(1.0, "restart codes used fewer times per step "
+                                             "(moving average); 0: never")
+    channels: int = option(64, "conv width of the encoder and decoder")
+    num_res_blocks: int = option(2, "residual blocks per stack of the VQ-VAE-2 nets")
+    bottom_downsample: int = option(1, "stride-2 layers from the (padded) image to the "
+                                       "bottom grid; the top grid is half the bottom")
+    pad: int = option(0, "zero pixels added on each side of the image by the encoder (2: "
+                         "28x28 read as 32x32, top 8x8, bottom 16x16)")
+
+    def __post_init__(self) -> None:
+        _likelihood(self)
+        _integer(self, "num_mixtures", 1)
+        _integer(self, "num_levels", 2, allow_none=True)
+        _integer(self, "codebook_size_top", 1)
+        _integer(self, "codebook_size_bottom", 1)
+        _integer(self, "embedding_dim", 1)
+        _at_least(self, "commitment_weight", 0.0)
+        _interval(self, "decay", 0.0, 1.0, high_open=True)
+        _at_least(self, "dead_code_threshold", 0.0)
+        _integer(self, "channels", 2)
+        _integer(self, "num_res_blocks", 1)
+        _integer(self, "bottom_downsample", 1)
+        _integer(self, "pad", 0)
 
 
 @dataclass(frozen=True)
@@ -654,6 +707,30 @@ class PriorConfig:
         if self.kernel_size % 2 == 0:
             raise ConfigError("kernel_size", f"must be odd, got {self.kernel_size}")
         _integer(self, "epochs", 0)
+        _integer(self, "batch_size", 1)
+        _positive(self, "lr")
+        _integer(self, "seed", 0)
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """The two small CNN classifiers of a run's real training images
+    (``lvm-pyro fit-classifier``, :mod:`lvm_pyro.training.classifiers`): the rejection
+    classifier (architecture ``"a"`` of :class:`lvm_pyro.nn.SmallCNNClassifier`, seed
+    ``seed``) and the independent evaluation classifier (architecture ``"b"``, seed
+    ``seed + 1``: other weights and another data order); Adam on the cross-entropy.
+
+    Raises:
+        ConfigError: a field out of range.
+    """
+
+    epochs: int = option(3, "epochs over the training images")
+    batch_size: int = option(128, "minibatch size")
+    lr: float = option(1e-3, "Adam learning rate")
+    seed: int = option(0, "seed of the rejection classifier (the evaluation one uses seed + 1)")
+
+    def __post_init__(self) -> None:
+        _integer(self, "epochs", 1)
         _integer(self, "batch_size", 1)
         _positive(self, "lr")
         _integer(self, "seed", 0)

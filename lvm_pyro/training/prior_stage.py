@@ -42,11 +42,16 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .config import PriorConfig
 from .loop import Trainer
 
-__all__ = ["PRIOR_CHECKPOINT", "PRIOR_METRICS", "encode_codes",
+__all__ = ["PRIOR_CHECKPOINT", "PRIOR_METRICS", "PriorExistsError", "encode_codes",
            "fit_prior", "load_prior", "prior_is_current", "decode_codes", "two_stage_bound",
            "save_prior_samples"]
 
 PRIOR_CHECKPOINT, PRIOR_METRICS = "prior_checkpoint.pt", "prior_metrics.json"
+
+
+class PriorExistsError(CheckpointError):
+    """A run directory already holds a fitted code prior and neither resuming its fit nor
+    replacing it was asked for."""
 
 
 @torch.no_grad()
@@ -118,6 +123,9 @@ def load_prior(run_dir: str | Path, device: str = "cpu") -> GatedPixelCNNPrior:
         raise CheckpointError(f"{path} does not exist; fit a prior first: lvm-pyro fit-prior {run_dir}")
     payload = load_checkpoint(path, map_location=device)
     hyper = payload["config"]["prior"]
+    if "kind" in hyper:  # VQ-VAE-2's two priors
+        raise CheckpointError(f"{path} holds VQ-VAE-2's two code priors; load them with "
+                              "lvm_pyro.training.prior_stage2.load_vqvae2_priors")
     prior = GatedPixelCNNPrior(hyper["num_codes"], hyper["grid_shape"], hyper["channels"],
                                hyper["num_layers"], hyper["kernel_size"], hyper["num_classes"],
                                hyper["head_dim"])
@@ -147,9 +155,12 @@ def _mean_se(t: torch.Tensor) -> tuple[float, float]:
 def fit_prior(run_dir: str | Path, config: Optional[PriorConfig] = None, *,
               num_train: Optional[int] = None, num_test: Optional[int] = None,
               num_pictures: int = 64, resume: bool = False, progress: bool = True,
-              data_root: Optional[str | Path] = None) -> dict:
+              data_root: Optional[str | Path] = None, force: bool = False) -> dict:
     """Stage two: fit a :class:`GatedPixelCNNPrior` by maximum likelihood on the code
     grids the trained VQ-VAE guide assigns to the training set, then evaluate and draw.
+    For a VQ-VAE-2 run (``lvm-pyro fit --model vqvae2``) both levels' priors instead:
+    :func:`lvm_pyro.training.prior_stage2.fit_vqvae2_priors` (its metrics are described
+    there).
 
     Args:
         run_dir: a finished VQ-VAE run directory (``lvm-pyro fit --model vqvae``).
@@ -161,6 +172,8 @@ def fit_prior(run_dir: str | Path, config: Optional[PriorConfig] = None, *,
         num_pictures: prior samples drawn for ``prior_samples.png``.
         resume: continue from ``prior_checkpoint.pt``.
         data_root: override where the run's data are read from.
+        force: replace a prior already fitted in ``run_dir`` (its checkpoint and metrics
+            are removed first).
 
     Returns:
         the metrics dict written to ``prior_metrics.json``: ``prior_nll`` (nats per code
@@ -175,16 +188,35 @@ def fit_prior(run_dir: str | Path, config: Optional[PriorConfig] = None, *,
         ``evaluate``'s ``test_nll`` does; bits/dim are ``None`` where no offset exists.
 
     Raises:
+        PriorExistsError: ``run_dir`` holds a fitted prior and neither ``resume`` nor
+            ``force`` is set.
         CheckpointError: not a run directory, or a corrupt checkpoint.
-        ValueError: the run's guide / model has no ``"codes"`` site.
+        ValueError: the run's guide / model has no ``"codes"`` site; both ``resume`` and
+            ``force``.
     """
+    from .prior_stage2 import fit_vqvae2_priors, is_vqvae2
     from .run import _versions, _write_json, load_run, prepare_data, test_bits_offset
 
     config = PriorConfig() if config is None else config
     channels, num_layers, kernel_size = config.channels, config.num_layers, config.kernel_size
     epochs, batch_size, lr, seed = config.epochs, config.batch_size, config.lr, config.seed
     run_dir = Path(run_dir)
-    model, guide, run_config, _ = load_run(run_dir, data_root=data_root)
+    if resume and force:
+        raise ValueError("give resume (continue the prior's fit) or force (replace the prior), "
+                         "not both")
+    run = load_run(run_dir, data_root=data_root)
+    if (run_dir / PRIOR_CHECKPOINT).exists() and not (resume or force):
+        raise PriorExistsError(f"{run_dir / PRIOR_CHECKPOINT} already holds a fitted prior; "
+                               "pass force=True (--force) to replace it, or resume=True "
+                               "(--resume) to continue its fit")
+    if force:
+        for name in (PRIOR_CHECKPOINT, PRIOR_METRICS):
+            (run_dir / name).unlink(missing_ok=True)
+    if is_vqvae2(run.model):
+        return fit_vqvae2_priors(run_dir, config, num_train=num_train, num_test=num_test,
+                                 num_pictures=num_pictures, resume=resume, progress=progress,
+                                 data_root=data_root, run=run)
+    model, guide, run_config, _ = run
     for m in (model, guide):
         if isinstance(m, torch.nn.Module):
             m.eval()

@@ -486,7 +486,9 @@ def sample_run(run_dir: str | Path, *, num_samples: int = 64, model=None, guide=
     of test data and draws x ~ p(x) of the program, and other non-image data get no
     pictures; for a VQ-VAE run with a code prior fitted by ``lvm-pyro fit-prior`` also
     ``prior_samples.png`` and ``prior_vs_reconstructions.png``
-    (:mod:`lvm_pyro.training.prior_stage`).
+    (:mod:`lvm_pyro.training.prior_stage`); for a VQ-VAE-2 run with fitted priors
+    ``prior_samples.png``, top codes then bottom codes given top, one row per class
+    (:mod:`lvm_pyro.training.prior_stage2`).
 
     Raises:
         ValueError: ``num_samples < 1``.
@@ -510,7 +512,13 @@ def sample_run(run_dir: str | Path, *, num_samples: int = 64, model=None, guide=
     out = {"samples": save_grid(prior_samples(model, x), out_dir / "samples.png"),
            "reconstructions": save_reconstructions(model, guide, x[:32], out_dir / "reconstructions.png")}
     from .prior_stage import prior_is_current, save_prior_samples
-    if prior_is_current(run_dir):  # a code prior fitted after training: decoded prior samples
+    from .prior_stage2 import is_vqvae2, load_vqvae2_priors, save_class_samples
+    if prior_is_current(run_dir) and is_vqvae2(model):  # both levels: top, then bottom | top
+        p = next(model.parameters())
+        top, bottom = load_vqvae2_priors(run_dir, str(p.device))
+        out["prior_samples"] = save_class_samples(out_dir / "prior_samples.png", model, top,
+                                                  bottom, num_samples)
+    elif prior_is_current(run_dir):  # a code prior fitted after training: decoded prior samples
         out.update(save_prior_samples(run_dir, model, guide, x, num_samples=num_samples,
                                       out_dir=out_dir))
     return out

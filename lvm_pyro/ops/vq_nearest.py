@@ -7,11 +7,11 @@ Implementations (one op, dispatched by device):
   is constant per row and dropped), computed tile by tile so that memory stays
   O(rows x tile) instead of the N x K distance matrix, in the blocked scheme of FAISS's
   exact search (``IndexFlatL2``; Johnson, Douze and Jegou 2019, "Billion-scale similarity
-  search with GPUs", IEEE Trans. Big Data: ||x - y||^2 by one matrix product): a chunk of query rows against a tile of
-  ``CODE_TILE`` codes is one BLAS matrix product whose ``(rows, tile)`` output stays in
-  cache. The bias ``||e_j||^2`` rides in the product as an extra column (``[z, 1]`` times
-  ``[-2 e_j, ||e_j||^2]``), so no separate pass adds it. The argmin of each tile is taken
-  in two vectorised steps (the minimum of every block of ``CODE_BLOCK`` codes, then the
+  search with GPUs", IEEE Trans. Big Data: ||x - y||^2 through one matrix product): a
+  chunk of query rows against a tile of ``CODE_TILE`` codes is one BLAS matrix product
+  whose ``(rows, tile)`` output stays in cache. The bias ``||e_j||^2`` rides in the
+  product as an extra column (``[z, 1]`` times ``[-2 e_j, ||e_j||^2]``), so no separate
+  pass adds it. The argmin of each tile is taken in two vectorised steps (the minimum of every block of ``CODE_BLOCK`` codes, then the
   first block holding the row's minimum and the first minimum inside it), which is the
   exact ``argmin`` of the tile's values at a fraction of the cost of ``torch.argmin``
   over a long row; the tiles' winners are merged in code order. float32 inputs are
@@ -35,14 +35,14 @@ from torch import Tensor
 __all__ = ["vq_nearest", "default_chunk_size", "DEFAULT_CHUNK_ELEMENTS"]
 
 #: query rows x codes per tile is at most this many distances (2**19 float32 = 2 MiB);
-#: see benchmarks/bench_vq_nearest.py (``--chunk-sweep``) for the choice.
+#: see benchmarks/bench_vq_nearest.py (``--sweep``) for the choice.
 DEFAULT_CHUNK_ELEMENTS = 2 ** 19
 #: codes per BLAS product (the width of one distance tile).
 CODE_TILE = 1024
 #: codes per block of the two-step argmin (block minima, then the argmin inside one block).
 CODE_BLOCK = 64
-#: rows x K is also at most this many (the per-tile block winners kept for a chunk of rows
-#: are rows x K / CODE_BLOCK values: 2**23 / 64 float32 = 512 KiB).
+#: rows x K is also at most this many (the winning block of every tile, kept for a chunk
+#: of rows, is rows x K x CODE_BLOCK / CODE_TILE values: 2**23 / 16 float32 = 2 MiB).
 _MAX_ROWS_X_CODES = 2 ** 23
 
 
@@ -61,8 +61,8 @@ def _chunked_nearest(z: Tensor, codebook: Tensor, chunk_size: int) -> Tensor:
     """Tiled expansion + exact two-step argmin on any device: z (N, D), codebook (K, D) ->
     (N,) int64, the first index of each row's minimum of ||e_j||^2 - 2 z.e_j as computed.
 
-    Memory: a (rows, tile) distance buffer, reused, plus the per-tile winners of one chunk
-    of rows ((K / CODE_BLOCK) x rows x CODE_BLOCK values)."""
+    Memory: a (rows, tile) distance buffer, reused, plus the winning block of every tile
+    for one chunk of rows ((K / tile) x rows x CODE_BLOCK values)."""
     dtype = _compute_dtype(torch.promote_types(z.dtype, codebook.dtype))
     dev = z.device
     n, d = z.shape
@@ -90,6 +90,7 @@ def _chunked_nearest(z: Tensor, codebook: Tensor, chunk_size: int) -> Tensor:
     tile_vals = torch.empty(num_tiles, rows, b, dtype=dtype, device=dev)  # that block's values
     block_first = torch.tensor(starts, dtype=torch.int64, device=dev) // b  # (T,) tile -> block
     row_ids = torch.arange(rows, device=dev)
+    row_first = {w: row_ids * (w // b) for w in {min(tile, kp - c0) for c0 in starts}}
     sel = torch.empty(rows, dtype=torch.int64, device=dev)
     for start in range(0, n, rows):
         c = min(rows, n - start)
@@ -105,7 +106,7 @@ def _chunked_nearest(z: Tensor, codebook: Tensor, chunk_size: int) -> Tensor:
             bm = block_min[:c * g].view(c, g)
             torch.amin(dist.view(c, g, b), dim=2, out=bm)  # (c, g) block minima
             torch.min(bm, dim=1, out=(tile_min[t, :c], tile_block[t, :c]))  # first block
-            torch.add(tile_block[t, :c], row_ids[:c] * g, out=sel[:c])  # row of (c * g, b)
+            torch.add(tile_block[t, :c], row_first[w][:c], out=sel[:c])  # row of (c * g, b)
             torch.index_select(dist.view(c * g, b), 0, sel[:c], out=tile_vals[t, :c])
         if num_tiles > 1:
             best_tile = tile_min[:, :c].argmin(dim=0)  # (c,) first tile with the minimum
@@ -150,7 +151,8 @@ def vq_nearest(z: Tensor, codebook: Tensor, *, chunk_size: Optional[int] = None)
             2 MiB float32 tile, and rows x K <= 2**23). The result does not depend on it.
 
     Returns:
-        (N,) int64 indices in [0, K). Exact ties go to the lowest index.
+        (N,) int64 indices in [0, K). Exact ties go to the lowest index. A row of ``z``
+        holding NaN or inf gets an unspecified index in [0, K).
 
     Precision: the chosen code is optimal up to the rounding of the expansion
     ||e||^2 - 2 z.e in the compute dtype (float32 for float32 / float16 / bfloat16

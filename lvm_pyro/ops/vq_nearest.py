@@ -11,11 +11,12 @@ Implementations (one op, dispatched by device):
   chunk of query rows against a tile of ``CODE_TILE`` codes is one BLAS matrix product
   whose ``(rows, tile)`` output stays in cache. The bias ``||e_j||^2`` rides in the
   product as an extra column (``[z, 1]`` times ``[-2 e_j, ||e_j||^2]``), so no separate
-  pass adds it. The argmin of each tile is taken in two vectorised steps (the minimum of every block of ``CODE_BLOCK`` codes, then the
-  first block holding the row's minimum and the first minimum inside it), which is the
-  exact ``argmin`` of the tile's values at a fraction of the cost of ``torch.argmin``
-  over a long row; the tiles' winners are merged in code order. float32 inputs are
-  computed in float32, float64 in float64, float16 / bfloat16 in float32.
+  pass adds it. The argmin of each tile is taken in two vectorised steps (the minimum of
+  every block of ``CODE_BLOCK`` codes, then the first block holding the row's minimum
+  and the first minimum inside it), which is the exact ``argmin`` of the tile's values at
+  a fraction of the cost of ``torch.argmin`` over a long row; the tiles' winners are
+  merged in code order. float32 inputs are computed in float32, float64 in float64,
+  float16 / bfloat16 in float32.
 * CUDA: a Triton kernel (:mod:`lvm_pyro.ops._triton_vq`) that fuses the distance and the
   argmin over codebook tiles and never materialises N x K; the dot products use IEEE fp32
   (``tl.dot(..., input_precision="ieee")``, no TF32). float64 inputs on CUDA take the

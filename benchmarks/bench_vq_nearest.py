@@ -1,23 +1,38 @@
-"""Nearest-code search on CPU: lvm_pyro.ops.vq_nearest (chunked addmm + argmin) against
-the full addmm expansion ||z||^2 - 2 z e^T + ||e||^2 + argmin, torch.cdist + argmin, and
-vector-quantize-pytorch's VectorQuantize (eval mode, when installed: the ``bench`` extra).
+"""Nearest-code search on CPU: lvm_pyro.ops.vq_nearest (tiled BLAS product + exact
+two-step argmin) against FAISS's exact ``IndexFlatL2`` (``faiss-cpu``), the full addmm
+expansion ||z||^2 - 2 z e^T + ||e||^2 + argmin, torch.cdist + argmin, and
+vector-quantize-pytorch's VectorQuantize (eval mode). FAISS and vector-quantize-pytorch
+come with the ``bench`` extra; a method whose package is missing is left out.
 
-N = 65536 vectors, D = 64, K = 512 / 2048 / 8192, float32, one torch thread.
+N = 65536 vectors, D = 64, K = 512 / 2048 / 8192, float32, one thread (torch and FAISS's
+OpenMP: ``faiss.omp_set_num_threads(1)``). The FAISS index is built from the codebook
+outside the timed call (``add`` copies the vectors), as our op's codebook is an input.
 
-* time: every method in this one process, interleaved rounds, median of ``--repeats``;
-  printed with its ratio to the addmm expansion.
+* time: every method in this one process, ``--repeats`` interleaved rounds (each round
+  runs every method once, in turn); median and range (min - max) of the wall time and of
+  the calling thread's CPU time (``time.thread_time``: torch and FAISS run in the calling
+  thread with one thread, so it leaves out the time the process waits for a core on a
+  shared machine). Printed with the ratios to the addmm expansion and to FAISS.
 * peak memory: each method once in a fresh child process (same inputs), the rise of the
   resident set during the call over its value just before it (inputs and a small warm-up
   call already made), sampled every 0.2 ms by a background thread, in MiB.
+* agreement: the fraction of indices equal to the addmm expansion's and to FAISS's (the
+  float32 methods round differently, so an exact near-tie may go either way).
+* machine load: ``uptime`` before and after, in the text and JSON.
 
 Writes ``benchmarks/results/vq_nearest_cpu.json`` and ``.txt``. No thresholds asserted.
 
-    .venv/bin/python benchmarks/bench_vq_nearest.py [--n 65536] [--ks 512 2048 8192]
+    .venv/bin/python benchmarks/bench_vq_nearest.py [--n 65536] [--ks 512 2048 8192] \\
+        [--repeats 5] [--sweep 512,1024,64 1024,1024,64]
+
+``--sweep ROWS,TILE,BLOCK ...`` also times our op with other query rows per chunk
+(``chunk_size``), codes per tile (``CODE_TILE``) and codes per block (``CODE_BLOCK``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import platform
 import statistics
@@ -30,7 +45,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-METHODS = ("ours", "addmm", "cdist", "vector_quantize_pytorch")
+METHODS = ("ours", "faiss", "addmm", "cdist", "vector_quantize_pytorch")
 
 
 def _inputs(n: int, d: int, k: int, seed: int = 0):
@@ -38,14 +53,39 @@ def _inputs(n: int, d: int, k: int, seed: int = 0):
     return torch.randn(n, d, generator=g), torch.randn(k, d, generator=g)
 
 
-def make_method(name: str, codebook: torch.Tensor, chunk_elements: int | None = None):
+def _ours_with(codebook: torch.Tensor, rows: int, tile: int, block: int):
+    """Our op with other tile settings (module constants swapped in for the call)."""
+    mod = importlib.import_module("lvm_pyro.ops.vq_nearest")
+
+    def fn(z):
+        saved = mod.CODE_TILE, mod.CODE_BLOCK
+        mod.CODE_TILE, mod.CODE_BLOCK = tile, block
+        try:
+            return mod.vq_nearest(z, codebook, chunk_size=rows)
+        finally:
+            mod.CODE_TILE, mod.CODE_BLOCK = saved
+    return fn
+
+
+def make_method(name: str, codebook: torch.Tensor):
     """A callable z -> (N,) int64 indices for ``name`` (or None if unavailable)."""
     if name == "ours":
         from lvm_pyro.ops import vq_nearest
-        from lvm_pyro.ops.vq_nearest import default_chunk_size
 
-        chunk = None if chunk_elements is None else default_chunk_size(len(codebook), chunk_elements)
-        return lambda z: vq_nearest(z, codebook, chunk_size=chunk)
+        return lambda z: vq_nearest(z, codebook)
+    if name == "faiss":
+        try:
+            import faiss
+        except ImportError:
+            return None
+        faiss.omp_set_num_threads(1)
+        index = faiss.IndexFlatL2(codebook.shape[1])  # exact search, squared L2
+        index.add(codebook.numpy())
+
+        def flat_l2(z):
+            _, idx = index.search(z.numpy(), 1)  # (N, 1) int64
+            return torch.from_numpy(idx[:, 0])
+        return flat_l2
     if name == "addmm":
         e_sq = (codebook * codebook).sum(1)
 
@@ -130,70 +170,117 @@ def measure_memory(name: str, n: int, d: int, k: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "uptime unavailable"
+
+
+def _summary(values: list) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "all": values}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return format(x, spec) if x is not None and x == x else format("-", spec.split(".")[0] + "s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=65536)
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--ks", type=int, nargs="+", default=[512, 2048, 8192])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
-    ap.add_argument("--chunk-sweep", action="store_true",
-                    help="also time ours with chunk budgets 2**18 .. 2**24 distances")
+    ap.add_argument("--sweep", nargs="*", default=[], metavar="ROWS,TILE,BLOCK",
+                    help="also time ours with these rows per chunk, codes per tile and per block")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
+    ap.add_argument("--out", default="vq_nearest_cpu", help="results file stem")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         print(json.dumps(child(a.child, a.n, a.d, a.ks[0])))
         return
     torch.set_num_threads(1)
+    load_before = _uptime()
     rows = []
     lines = [f"vq_nearest CPU benchmark: N={a.n}, D={a.d}, float32, 1 thread, "
-             f"torch {torch.__version__}, {platform.processor() or platform.machine()}",
-             f"{'K':>5} {'method':>24} {'seconds':>8} {'x addmm':>8} {'peak MiB':>9} "
-             f"{'x addmm':>8} {'agree':>6}"]
+             f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+             f"{a.repeats} interleaved rounds",
+             f"load before: {load_before}",
+             "time: median [min - max] over rounds, wall and thread CPU seconds; ratios of "
+             "medians; memory: peak RSS rise of one call in a fresh process",
+             f"{'K':>5} {'method':>24} {'wall s':>22} {'cpu s':>22} {'cpu x addmm':>11} "
+             f"{'cpu x faiss':>11} {'peak MiB':>9} {'= addmm':>7} {'= faiss':>7}"]
     for k in a.ks:
         z, codebook = _inputs(a.n, a.d, k)
         fns = {m: make_method(m, codebook) for m in a.methods}
         fns = {m: f for m, f in fns.items() if f is not None}
-        if a.chunk_sweep:
-            for b in (18, 20, 22, 24):
-                fns[f"ours_chunk_2^{b}"] = make_method("ours", codebook, 2 ** b)
-        times = {m: [] for m in fns}
-        ref = None
-        agree = {}
-        for m, f in fns.items():  # warm-up + agreement with the addmm expansion
+        for spec in a.sweep:
+            r, t, b = (int(v) for v in spec.split(","))
+            fns[f"ours_{r}x{t}_b{b}"] = _ours_with(codebook, r, t, b)
+        wall = {m: [] for m in fns}
+        cpu = {m: [] for m in fns}
+        first = {}
+        for m, f in fns.items():  # warm-up
             f(z[:64])
         for _ in range(a.repeats):
             for m, f in fns.items():
-                t0 = time.perf_counter()
+                w0, c0 = time.perf_counter(), time.thread_time()
                 idx = f(z)
-                times[m].append(time.perf_counter() - t0)
-                if m == "addmm":
-                    ref = idx
-                agree.setdefault(m, idx)
-        med = {m: statistics.median(t) for m, t in times.items()}
-        mem = {m: measure_memory(m, a.n, a.d, k) for m in fns if m in METHODS}
+                cpu[m].append(time.thread_time() - c0)
+                wall[m].append(time.perf_counter() - w0)
+                first.setdefault(m, idx)
+        mem = {} if a.no_memory else {m: measure_memory(m, a.n, a.d, k) for m in fns
+                                      if m in METHODS}
+        med_cpu = {m: statistics.median(v) for m, v in cpu.items()}
         for m in fns:
-            frac = float((agree[m] == ref).double().mean()) if ref is not None else float("nan")
-            mm = mem.get(m, {}).get("peak_rise_mib", float("nan"))
-            ref_mm = mem.get("addmm", {}).get("peak_rise_mib", float("nan"))
-            row = {"K": k, "method": m, "seconds": med[m], "seconds_all": times[m],
-                   "time_ratio_vs_addmm": med[m] / med["addmm"] if "addmm" in med else None,
+            eq = {ref: float((first[m] == first[ref]).double().mean()) if ref in first else None
+                  for ref in ("addmm", "faiss")}
+            mm = mem.get(m, {}).get("peak_rise_mib")
+            row = {"K": k, "method": m, "wall_seconds": _summary(wall[m]),
+                   "cpu_seconds": _summary(cpu[m]),
+                   "cpu_ratio_vs_addmm": _ratio(med_cpu[m], med_cpu.get("addmm")),
+                   "cpu_ratio_vs_faiss": _ratio(med_cpu[m], med_cpu.get("faiss")),
+                   "wall_ratio_vs_faiss": _ratio(statistics.median(wall[m]),
+                                                 statistics.median(wall["faiss"]))
+                   if "faiss" in wall else None,
                    "peak_rise_mib": mm,
-                   "memory_ratio_vs_addmm": mm / ref_mm if ref_mm == ref_mm and ref_mm > 0 else None,
-                   "fraction_equal_to_addmm": frac}
+                   "fraction_equal_to_addmm": eq["addmm"], "fraction_equal_to_faiss": eq["faiss"]}
             rows.append(row)
-            lines.append(f"{k:>5} {m:>24} {med[m]:>8.3f} {row['time_ratio_vs_addmm'] or 0:>8.2f} "
-                         f"{mm:>9.1f} {row['memory_ratio_vs_addmm'] or float('nan'):>8.3f} {frac:>6.4f}")
+            ws, cs = row["wall_seconds"], row["cpu_seconds"]
+            lines.append(
+                f"{k:>5} {m:>24} {ws['median']:>7.3f} [{ws['min']:.3f}-{ws['max']:.3f}] "
+                f"{cs['median']:>7.3f} [{cs['min']:.3f}-{cs['max']:.3f}] "
+                f"{_fmt(row['cpu_ratio_vs_addmm'], '11.2f')} "
+                f"{_fmt(row['cpu_ratio_vs_faiss'], '11.2f')} {_fmt(mm, '9.1f')} "
+                f"{_fmt(eq['addmm'], '7.4f')} {_fmt(eq['faiss'], '7.4f')}")
         print("\n".join(lines[-len(fns):]), flush=True)
+    load_after = _uptime()
+    lines.append(f"load after: {load_after}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {"n": a.n, "d": a.d, "repeats": a.repeats, "threads": 1, "torch": torch.__version__,
-            "python": platform.python_version(), "machine": platform.machine(),
-            "note": "time: median over interleaved rounds in one process; memory: peak rise of "
-                    "the resident set (sampled every 0.2 ms) in a fresh child process per "
-                    "method (one call)"}
-    (RESULTS / "vq_nearest_cpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    (RESULTS / "vq_nearest_cpu.txt").write_text("\n".join(lines) + "\n")
+            "faiss": _version("faiss"), "python": platform.python_version(),
+            "machine": platform.machine(), "load_before": load_before, "load_after": load_after,
+            "note": "time: median and range over interleaved rounds in one process, wall "
+                    "(perf_counter) and calling-thread CPU (thread_time); ratios are of "
+                    "medians; memory: peak rise of the resident set (sampled every 0.2 ms) "
+                    "in a fresh child process per method (one call)"}
+    (RESULTS / f"{a.out}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (RESULTS / f"{a.out}.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _version(module: str) -> str | None:
+    try:
+        return importlib.import_module(module).__version__
+    except ImportError:
+        return None
 
 
 if __name__ == "__main__":

@@ -91,6 +91,69 @@ def test_exact_ties_go_to_lowest_index(chunk):
     assert torch.equal(idx, _expected_lowest(z, codebook))
 
 
+# K above one code tile (1024 codes): several tiles, a last tile padded to whole 64-code
+# blocks; the tiles' winners must merge to the exact argmin in code order.
+@pytest.mark.parametrize("k", [1025, 2500])
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_cpu_several_code_tiles_match_oracle(k, chunk):
+    z, codebook = _problem(300, k, 12, seed=k)
+    _check_near_optimal(vq_nearest(z, codebook, chunk_size=chunk), z, codebook)
+    z64, codebook64 = z.double(), codebook.double()
+    assert torch.equal(vq_nearest(z64, codebook64, chunk_size=chunk),
+                       _expected_lowest(z64, codebook64))
+
+
+def test_exact_ties_across_code_tiles_and_blocks_go_to_lowest_index():
+    g = torch.Generator().manual_seed(6)
+    codebook = torch.randn(2500, 16, generator=g)
+    # copies of row 5 in later blocks of tile 0 and in tiles 1 and 2 (the padded last
+    # tile); copies of row 1500 before it (row 70) and after it (2499, the last code)
+    for src, dst in [(5, 100), (5, 1100), (5, 2400), (1500, 70), (1500, 2499)]:
+        codebook[dst] = codebook[src]
+    z = torch.cat([codebook[[5, 100, 1100, 2400, 1500, 70, 2499]],
+                   codebook[torch.randint(2500, (50,), generator=g)]
+                   + 0.01 * torch.randn(50, 16, generator=g)])
+    for chunk in (None, 1, 3):
+        idx = vq_nearest(z, codebook, chunk_size=chunk)
+        assert idx[:7].tolist() == [5, 5, 5, 5, 70, 70, 70]
+        assert torch.equal(idx, _expected_lowest(z, codebook))
+
+
+def test_non_finite_queries_give_indices_in_range():
+    # padding codes (K not a multiple of the 64-code block) must never be returned
+    z, codebook = _problem(20, 70, 8, seed=7)
+    z[3, 2] = float("nan")
+    z[4] = float("inf")
+    idx = vq_nearest(z, codebook)
+    assert ((idx >= 0) & (idx < 70)).all()
+    good = torch.ones(20, dtype=torch.bool)
+    good[[3, 4]] = False
+    _check_near_optimal(idx[good], z[good], codebook)
+
+
+def test_default_chunk_size_bounds_the_tile():
+    from lvm_pyro.ops.vq_nearest import CODE_TILE, DEFAULT_CHUNK_ELEMENTS, default_chunk_size
+
+    for k in (1, 3, 512, 1024, 8192, 10 ** 6):
+        rows = default_chunk_size(k)
+        assert rows >= 1
+        assert rows == 1 or rows * min(k, CODE_TILE) <= DEFAULT_CHUNK_ELEMENTS
+        assert rows == 1 or rows * k <= 2 ** 23
+
+
+def test_cpu_matches_faiss_exact_index():
+    """FAISS's exact IndexFlatL2 (the ``bench`` extra) as an independent oracle."""
+    faiss = pytest.importorskip("faiss")
+    z, codebook = _problem(2000, 3000, 32, seed=8)
+    index = faiss.IndexFlatL2(32)
+    index.add(codebook.numpy())
+    _, ref = index.search(z.numpy(), 1)  # (N, 1) int64
+    idx = vq_nearest(z, codebook)
+    agree = (idx.numpy() == ref[:, 0])
+    assert agree.mean() > 0.999  # FAISS rounds differently; near-ties may differ
+    _check_near_optimal(idx, z, codebook)
+
+
 def test_half_precision_inputs_are_computed_in_float32():
     z, codebook = _problem(200, 50, 16, seed=4)
     idx = vq_nearest(z.bfloat16(), codebook.bfloat16())

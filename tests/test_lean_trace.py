@@ -12,7 +12,8 @@ import torch
 from pyro.infer import Trace_ELBO
 from torch import nn
 
-from lvm_pyro.inference import LeanTrace_ELBO
+from lvm_pyro.inference import IWAE_ELBO, LeanTrace_ELBO
+from lvm_pyro.inference.program import ProgramContractError
 from lvm_pyro.inference.program import adapt_program
 from lvm_pyro.training import Trainer
 from lvm_pyro.training.builders import build_vae
@@ -165,7 +166,7 @@ def test_differentiable_loss_equals_trace_elbo():
         pyro.set_rng_seed(step)
         got = lean.differentiable_loss(model, guide, x)
         (gg,) = torch.autograd.grad(got, [pyro.param("loc").unconstrained()])
-        assert float(got) == float(ref)
+        assert float(got.detach()) == float(ref.detach())
         assert torch.equal(gr, gg)
 
 
@@ -206,3 +207,73 @@ def test_fused_adam_refused_for_unsupported_parameters_falls_back():
     p = nn.Parameter(torch.zeros(3))
     assert make_adam([p], 1e-3).defaults["fused"]
     assert not make_adam([p], 1e-3, fused=False).defaults["fused"]
+
+
+class _FullIWAE(IWAE_ELBO):
+    """IWAE_ELBO on the full trace path (poutine.trace), as before the lean path."""
+
+    def _passes(self, *args, record=False, **kwargs):
+        return super()._passes(*args, record=False, **kwargs)
+
+
+def test_iwae_lean_path_equals_the_full_trace_path_bit_for_bit():
+    x = torch.bernoulli(torch.rand(3, 12, 1, 4, 4))
+    model, guide = build_vae({"z_dim": 3, "hidden_dim": 8, "num_hidden": 1}, (1, 4, 4))
+    lean, full = IWAE_ELBO(num_particles=5), _FullIWAE(num_particles=5)
+    params = None
+    for step, xb in enumerate(x):
+        out = []
+        for elbo in (full, lean):
+            pyro.set_rng_seed(step)
+            loss = elbo.loss_and_grads(model, guide, xb, num_data=60, idx=torch.arange(12))
+            params = [p for _, p in pyro.get_param_store().named_parameters()]
+            out.append((loss, _grads(params)))
+            _zero(params)
+        (l0, g0), (l1, g1) = out
+        assert l0 == l1
+        assert all(torch.equal(a, b) for a, b in zip(g0, g1))
+    assert lean._structures and not full._structures
+
+
+def test_iwae_structure_change_is_checked_again(monkeypatch):
+    """A site that appears between steps sends the lean path back to the contract check;
+    a change that breaks the contract (a model latent the guide lacks) is refused."""
+    import lvm_pyro.inference.particle_elbo as particle_elbo
+
+    layout = {"extra": False, "guide_extra": False}
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            if layout["extra"]:
+                z = z + pyro.sample("u", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        loc = pyro.param("loc", torch.zeros(()))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc + x, 1.0))
+            if layout["guide_extra"]:
+                pyro.sample("u", dist.Normal(loc, 1.0))
+
+    checks = []
+    original = particle_elbo.discover
+
+    def spy(*args, **kwargs):
+        checks.append(step)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(particle_elbo, "discover", spy)
+    elbo, full = IWAE_ELBO(num_particles=3), _FullIWAE(num_particles=3)
+    x = torch.randn(4)
+    for step, extra in enumerate([False, False, True, True, False]):
+        layout.update(extra=extra, guide_extra=extra)
+        pyro.set_rng_seed(step)
+        ref = full.loss(model, guide, x)
+        pyro.set_rng_seed(step)
+        assert elbo.loss(model, guide, x) == ref
+    # full's own first check at 0; the lean one's at 0 and at each change (2, 4)
+    assert checks == [0, 0, 2, 4]
+    layout.update(extra=True, guide_extra=False)
+    with pytest.raises(ProgramContractError, match="'u' has no site"):
+        elbo.loss(model, guide, x)

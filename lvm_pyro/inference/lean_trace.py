@@ -77,6 +77,13 @@ class SiteRecorder(Messenger):
     def _pyro_post_param(self, msg) -> None:
         self.saw_params = True
 
+    def trace(self) -> Trace:
+        """The recorded sample sites as a :class:`~pyro.poutine.trace_struct.Trace` (the
+        same message dicts, no copies; no param, input or return nodes)."""
+        trace = Trace()
+        trace.nodes = self.sites
+        return trace
+
 
 def run_recorded(model: Callable, guide: Callable, args: tuple = (),
                  kwargs: Optional[dict] = None) -> tuple[SiteRecorder, SiteRecorder]:
@@ -95,18 +102,13 @@ def run_recorded(model: Callable, guide: Callable, args: tuple = (),
 
 
 def structure_of(sites: dict) -> tuple:
-    """What the lean path relies on, per site: name, observed, value shape, the
-    distribution's type and whether it is reparameterised, enumeration."""
+    """What the lean path relies on, per sample site (``sites``: name -> message, e.g. a
+    trace's ``nodes``): name, observed, value shape, the distribution's type and whether
+    it is reparameterised, enumeration. Two runs with equal structures need the same
+    checks."""
     return tuple((name, msg["is_observed"], getattr(msg["value"], "shape", None),
                   type(msg["fn"]), getattr(msg["fn"], "has_rsample", None),
                   msg["infer"].get("enumerate")) for name, msg in sites.items())
-
-
-def _as_trace(sites: dict) -> Trace:
-    trace = Trace()
-    for name, msg in sites.items():
-        trace.add_node(name, **msg)
-    return trace
 
 
 class LeanTrace_ELBO(Trace_ELBO):
@@ -150,7 +152,7 @@ class LeanTrace_ELBO(Trace_ELBO):
             if out is not None:
                 return (*out, trainable)
         # the full path: Pyro's checks and Trace_ELBO's own surrogate on traces
-        model_trace, guide_trace = _as_trace(m.sites), _as_trace(g.sites)
+        model_trace, guide_trace = m.trace(), g.trace()
         if is_validation_enabled():
             check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
         model_trace.compute_log_prob()

@@ -19,6 +19,7 @@ from .importance import (ImportanceEstimate, RepeatedEstimates, effective_sample
 from .iwae import BiasedGradientWarning, IWAE_ELBO
 from .kl import per_dimension_kl
 from .kl_weighting import FreeBits_ELBO, KLWeighted_ELBO
+from .lean_trace import LeanTrace_ELBO
 from .log_weights import LogWeights, guess_max_plate_nesting, log_weights
 from .schedules import ConstantSchedule, CyclicalSchedule, LinearWarmup, Schedule
 from .score_function import ScoreFunctionGuide, score_function
@@ -28,8 +29,8 @@ from .vimco import VIMCO
 __all__ = [
     "AmortizationGap", "BiasedGradientWarning", "BitsPerDimOffset", "ConstantSchedule",
     "CyclicalSchedule", "DiscretizedDensity", "ELBOParts", "FreeBits_ELBO", "GradientStats",
-    "IWAE_ELBO",
-    "ImportanceEstimate", "KLWeighted_ELBO", "LinearWarmup", "LogWeights", "NLLReport",
+    "IWAE_ELBO", "ImportanceEstimate", "KLWeighted_ELBO", "LeanTrace_ELBO", "LinearWarmup",
+    "LogWeights", "NLLReport",
     "NLLSummary", "RepeatedEstimates", "Schedule", "ScoreFunctionGuide", "TCVAEForward",
     "TCVAE_ELBO", "TC_ESTIMATORS", "VIMCO", "amortization_gap", "bits_per_dim",
     "bits_per_dim_offset", "discretize_observation", "discretized_log_likelihood",

@@ -237,7 +237,8 @@ class IWAE_ELBO(ParticleELBO):
         x, num_data, idx, model, guide, nesting = self._prepare(model, guide, args, kwargs)
         batch = x.shape[0]
         parts = [self._one_pass(guide, x, num_data, idx, nesting, batch, mt, gt, k)
-                 for mt, gt, k in self._passes(model, guide, x, num_data, idx, nesting)]
+                 for mt, gt, k in self._passes(model, guide, x, num_data, idx, nesting,
+                                               record=self.gradient == "standard")]
         first = parts[0]
         if len(parts) == 1:
             return first

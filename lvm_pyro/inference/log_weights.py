@@ -98,8 +98,13 @@ def site_log_prob_per_datapoint(site: dict, num_particles: int, batch: int,
                          "sampled sites (use TraceEnum_ELBO for exact marginalisation)")
     scale = plate_scale(site)
     if strict_scale:
-        extra = torch.as_tensor(site["scale"] / scale, dtype=torch.float64)
-        if not bool(((extra - 1.0).abs() <= 1e-6).all()):
+        extra = site["scale"] / scale
+        if isinstance(extra, torch.Tensor):  # a tensor scale: one host sync to check it
+            ok = bool(((extra.to(torch.float64) - 1.0).abs() <= 1e-6).all())
+        else:  # a number: no tensor, no sync
+            ok = abs(extra - 1.0) <= 1e-6
+        if not ok:
+            extra = torch.as_tensor(extra, dtype=torch.float64)
             raise ValueError(
                 f"site '{name}' carries a scale of {float(extra.mean()):.4g} "
                 "beyond the data plate's N/B (poutine.scale, e.g. a beta or KL warm-up): "

@@ -11,6 +11,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO
 from pyro.poutine.trace_struct import Trace
 
+from .lean_trace import structure_of
 from .program import (ProgramInfo, auxiliary_sites, bind_program, discover, program_root,
                       trace_guide_then_model)
 
@@ -66,6 +67,7 @@ class ParticleELBO(ELBO):
         # ours, not Pyro's (whose base class would add the particle dim to the nesting)
         self.vectorize_particles = bool(vectorize_particles)
         self._checked: list[tuple[Callable, Callable]] = []
+        self._structures: dict = {}  # (id(model), id(guide)) -> structure of a recorded pass
 
     def _get_trace(self, model, guide, args, kwargs):
         """(model_trace, guide_trace) of one pass (Pyro's ``ELBO`` hook)."""
@@ -77,6 +79,18 @@ class ParticleELBO(ELBO):
 
     def _on_discover(self, info: ProgramInfo) -> None:
         """Hook: called once per (model, guide) pair with what the checked run found."""
+
+    def _recheck_if_changed(self, model, guide, x, num_data, idx, model_trace: Trace,
+                            guide_trace: Trace) -> None:
+        key = (id(program_root(model)), id(program_root(guide)))
+        shape = (structure_of(model_trace.nodes), structure_of(guide_trace.nodes))
+        previous = self._structures.get(key)
+        if previous is not None and previous != shape:
+            self._on_discover(discover(model, guide, x, num_data=num_data, idx=idx))
+        if previous != shape:
+            if len(self._structures) >= _MAX_CHECKED:
+                self._structures.clear()
+            self._structures[key] = shape
 
     def _prepare(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
         """Split the call's arguments: returns ``(x, num_data, idx, model, guide, nesting)``
@@ -104,13 +118,22 @@ class ParticleELBO(ELBO):
         return x, num_data, idx, model_b, guide_b, int(self.max_plate_nesting)
 
     def _passes(self, model: Callable, guide: Callable, x: torch.Tensor, num_data, idx,
-                nesting: int) -> list[tuple[Trace, Trace, int]]:
+                nesting: int, record: bool = False) -> list[tuple[Trace, Trace, int]]:
         """``[(model_trace, guide_trace, k)]``: one vectorised pass with k = K, or K
-        unvectorised passes with k = 1 (``vectorize_particles=False``)."""
+        unvectorised passes with k = 1 (``vectorize_particles=False``).
+
+        ``record``: the vectorised pass takes the lean path (traces of the sample sites
+        only, :func:`~lvm_pyro.inference.program.trace_guide_then_model`); when its
+        structure differs from the pair's previous pass (a site appears, disappears or
+        changes shape or type), the contract is checked again on this batch
+        (:func:`~lvm_pyro.inference.program.discover`)."""
         K = self.num_particles
         if self.vectorize_particles:
             mt, gt = trace_guide_then_model(model, guide, x, num_data=num_data, idx=idx,
-                                            num_particles=K, max_plate_nesting=nesting)
+                                            num_particles=K, max_plate_nesting=nesting,
+                                            record=record)
+            if record:
+                self._recheck_if_changed(model, guide, x, num_data, idx, mt, gt)
             return [(mt, gt, K)]
         return [(*trace_guide_then_model(model, guide, x, num_data=num_data, idx=idx), 1)
                 for _ in range(K)]

@@ -41,6 +41,7 @@ from pyro.poutine.util import site_is_subsample
 from pyro.util import get_rng_state, set_rng_state
 
 from ..sites import AUXILIARY, DATA_PLATE, PARTICLE_PLATE
+from .lean_trace import SiteRecorder
 
 __all__ = [
     "ProgramContractError", "ProgramInfo", "accepted_keywords", "program_kwargs",
@@ -261,7 +262,7 @@ def trace_guide_then_model(model: Callable, guide: Callable, x: torch.Tensor, *,
                            num_data: Optional[int] = None, idx: Optional[torch.Tensor] = None,
                            num_particles: Optional[int] = None,
                            max_plate_nesting: Optional[int] = None,
-                           block: bool = False) -> tuple[Trace, Trace]:
+                           block: bool = False, record: bool = False) -> tuple[Trace, Trace]:
     """Run the guide, then the model replayed on the guide's trace.
 
     Args:
@@ -273,6 +274,10 @@ def trace_guide_then_model(model: Callable, guide: Callable, x: torch.Tensor, *,
             a plate at ``dim = -(max_plate_nesting + 1)`` (outside every other plate).
         max_plate_nesting: batch dims the programs use (needed with ``num_particles``).
         block: hide the run from enclosing handlers.
+        record: with ``num_particles``, the lean path
+            (:class:`~lvm_pyro.inference.lean_trace.SiteRecorder`): traces of the sample
+            sites only (Pyro's messages, no copies; no param, subsample, input or return
+            nodes), for estimators that read only those.
 
     Returns:
         ``(model_trace, guide_trace)``.
@@ -294,6 +299,14 @@ def trace_guide_then_model(model: Callable, guide: Callable, x: torch.Tensor, *,
                 stack.enter_context(poutine.block())
             stack.enter_context(pyro.plate(PARTICLE_PLATE, num_particles,
                                            dim=-(max_plate_nesting + 1)))
+            if record:
+                g = SiteRecorder()
+                with g:
+                    guide(x, **program_kwargs(guide, num_data, idx))
+                m = SiteRecorder(replay=g.sites)
+                with m:
+                    model(x, **program_kwargs(model, num_data, idx))
+                return m.trace(), g.trace()
             guide_trace = trace_program(guide, x, num_data=num_data, idx=idx, block=False)
             model_trace = trace_program(model, x, num_data=num_data, idx=idx,
                                         replay=guide_trace, block=False)

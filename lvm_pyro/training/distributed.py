@@ -403,15 +403,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, timeout: float, fn: Callable, args: tuple,
-            queue) -> None:
+def _worker(rank: int, world_size: int, port: int, timeout: float, device: str, fn: Callable,
+            args: tuple, queue) -> None:
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
                        "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
     ctx = None
     try:
-        ctx = init_from_environment("cpu", timeout=timeout)
+        ctx = init_from_environment(device, timeout=timeout)
         # plain pickle (not torch's shared-memory reduction): the bytes outlive the process
         report = (rank, "ok", pickle.dumps(fn(ctx, *args)))
     except BaseException as e:  # reported to the parent
@@ -426,11 +426,11 @@ def _worker(rank: int, world_size: int, port: int, timeout: float, fn: Callable,
 
 
 def launch_local(fn: Callable, world_size: int, *args, timeout: float = 60.0,
-                 join_timeout: Optional[float] = None) -> list:
-    """Run ``fn(ctx, *args)`` in ``world_size`` fresh CPU processes joined by gloo on this
-    machine (torch.multiprocessing, spawn), one torch thread each: ``torchrun`` for
-    tests, benchmarks and notebooks. ``fn`` and ``args`` must be picklable (``fn``
-    defined at a module's top level).
+                 join_timeout: Optional[float] = None, device: str = "cpu") -> list:
+    """Run ``fn(ctx, *args)`` in ``world_size`` fresh processes joined on this machine
+    (torch.multiprocessing, spawn; gloo on CPU, see :func:`init_from_environment` for
+    CUDA), one torch thread each: ``torchrun`` for tests, benchmarks and notebooks.
+    ``fn`` and ``args`` must be picklable (``fn`` defined at a module's top level).
 
     Args:
         fn: ``fn(ctx: DistributedContext, *args) -> picklable``.
@@ -438,6 +438,8 @@ def launch_local(fn: Callable, world_size: int, *args, timeout: float = 60.0,
         timeout: the process group's collective timeout, seconds.
         join_timeout: seconds to wait for all processes (default ``timeout + 120``);
             processes still alive then are terminated.
+        device: the device the processes train on (``"cpu"``, ``"cuda"``): chooses the
+            backend.
 
     Returns:
         per rank, ``("ok", result)`` or ``("error", "ExceptionType: message")``, or
@@ -455,7 +457,7 @@ def launch_local(fn: Callable, world_size: int, *args, timeout: float = 60.0,
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, world_size, port, timeout, fn, args, q))
+    procs = [ctx.Process(target=_worker, args=(r, world_size, port, timeout, device, fn, args, q))
              for r in range(world_size)]
     for p in procs:
         p.start()

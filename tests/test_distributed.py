@@ -143,7 +143,8 @@ def _train_one_step(ctx: DistributedContext, case: str, **kw) -> dict:
                          1 if case == "trace" else K_PARTICLES)
         model, guide, modules = progs.model, progs.guide, {"programs": progs}
         x, elbo = _digits(N_ROWS, binary=True), _objective(case)
-    t = Trainer(model, guide, elbo, lr=0.01, batch_size=N_ROWS, binarization="none",
+    t = Trainer(model, guide, elbo, lr=0.01, batch_size=kw.get("batch_size", N_ROWS),
+                binarization="none",
                 progress=False, divergence_tolerance=None, modules=modules,
                 distributed=None if ctx is None else ctx)
     t.fit(x, kw.get("epochs", 1))
@@ -156,16 +157,42 @@ def _train_one_step(ctx: DistributedContext, case: str, **kw) -> dict:
 CASES = ("trace", "iwae", "vimco", "vqvae")
 
 
+def _score_function_run(ctx, path: str, epochs: int, resume: bool) -> dict:
+    """Bernoulli latents, TraceGraph_ELBO with Pyro's decaying-average baselines (running
+    state in the param store, per rank), 3 batches of 4 rows."""
+    from pyro.infer import TraceGraph_ELBO
+
+    from lvm_pyro.inference.score_function import ScoreFunctionMessenger
+    torch.set_default_dtype(torch.float64)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    progs = Programs("bernoulli", 1)
+    guide = ScoreFunctionMessenger(baseline="decaying_avg")(progs.guide)
+    t = Trainer(progs.model, guide, TraceGraph_ELBO(), lr=0.01, batch_size=4,
+                binarization="none", progress=False, divergence_tolerance=None,
+                modules={"programs": progs}, checkpoint_path=path, distributed=ctx)
+    t.fit(_digits(N_ROWS, binary=True)[:12], epochs, resume=resume)
+    out = _snapshot(t)
+    out["baselines"] = {k: v.detach().clone() for k, v in pyro.get_param_store().items()
+                        if k.startswith("__baseline")}
+    return out
+
+
 def _worker(ctx: DistributedContext, directory: str) -> dict:
     """Everything the 2-rank tests check, in one pair of processes (starting processes is
     the slow part): one step per objective, restarts over 3 epochs, stop and resume, and
     last a failing rank 1."""
     out = {case: _train_one_step(ctx, case) for case in CASES}
+    # batches of 4 from 13 rows: shards 2 / 2 and, for the last batch of 1, 1 / 0 (empty)
+    out["uneven"] = _train_one_step(ctx, "trace", batch_size=4)
     # restarts decided on rank 0 and broadcast: ranks agree after several steps
     out["vq_restarts"] = _train_one_step(ctx, "vqvae", threshold=5.0, epochs=3)
     out["straight"] = _vae_run(ctx, f"{directory}/straight.pt", 2, False)
     _vae_run(ctx, f"{directory}/stopped.pt", 1, False)  # stop after the first epoch
     out["resumed"] = _vae_run(ctx, f"{directory}/stopped.pt", 2, True)  # a new Trainer
+    out["sf_straight"] = _score_function_run(ctx, f"{directory}/sf_straight.pt", 2, False)
+    _score_function_run(ctx, f"{directory}/sf_stopped.pt", 1, False)
+    out["sf_resumed"] = _score_function_run(ctx, f"{directory}/sf_stopped.pt", 2, True)
     out["failure"] = _failure_outcome(ctx)  # last: rank 1 leaves the job
     return out
 
@@ -181,8 +208,7 @@ def _assert_close(a: dict, b: dict, what: str, atol: float = 1e-6) -> None:
 def two_rank_results(tmp_path_factory):
     directory = tmp_path_factory.mktemp("ddp")
     results = launch_local(_worker, 2, str(directory), timeout=120.0)
-    for status, value in results:
-        assert status == "ok", value
+    assert all(status == "ok" for status, _ in results), results
     return directory, [v for _, v in results]
 
 
@@ -199,6 +225,17 @@ def test_two_ranks_one_step_equals_one_process(two_rank_results, case):
     moved = max(float((ref["params"][k] - v).abs().max())
                 for k, v in two_rank_results[0][case]["params"].items())
     assert moved > 0  # sanity: the comparison is not of untouched initial values
+
+
+def test_empty_shard_still_equals_one_process(two_rank_results):
+    """One epoch of 4 steps whose last global batch has 1 row: rank 1 contributes no
+    data (zero weight) to that step's all-reduce; every step equals one process's."""
+    _, results = two_rank_results
+    ref = _train_one_step(None, "trace", batch_size=4)
+    torch.set_default_dtype(torch.float32)
+    for rank, res in enumerate(results):
+        _assert_close(res["uneven"]["params"], ref["params"], f"rank {rank} params")
+        assert res["uneven"]["history"] == pytest.approx(ref["history"], rel=1e-9)
 
 
 def test_vq_dead_code_restarts_agree_across_ranks(two_rank_results):
@@ -244,6 +281,12 @@ def test_two_ranks_stop_and_resume_equals_uninterrupted(two_rank_results):
         assert a["history"] == b["history"] and len(a["history"]) == 2
     _assert_close(results[0]["straight"]["params"], results[1]["straight"]["params"],
                   "ranks differ", atol=0)
+    for rank in range(2):  # per-rank running state (decaying-average baselines) restored
+        a, b = results[rank]["sf_straight"], results[rank]["sf_resumed"]
+        assert a["baselines"], "no decaying-average baseline was created"
+        _assert_close(a["params"], b["params"], f"rank {rank} score-function params", atol=0)
+        _assert_close(a["baselines"], b["baselines"], f"rank {rank} baselines", atol=0)
+        assert a["history"] == b["history"]
     payload = load_checkpoint(directory / "straight.pt")
     assert payload["world_size"] == 2 and len(payload["rng"]["ranks"]) == 2
     # a different world size is refused, naming the number of processes

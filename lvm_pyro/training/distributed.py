@@ -174,9 +174,9 @@ class DistributedContext:
 
     # -- start-up ----------------------------------------------------------------------
     def broadcast_start(self, modules: dict[str, torch.nn.Module]) -> None:
-        """Copy rank 0's Pyro parameters (every param-store entry, sorted by name) and
-        module state (parameters and buffers, e.g. k-means-initialised codebooks) to
-        every rank.
+        """Copy rank 0's Pyro parameters (every param-store entry but Pyro's decaying-average
+        baselines, sorted by name) and module state (parameters and buffers, e.g.
+        k-means-initialised codebooks) to every rank.
 
         Raises:
             DistributedError: the ranks' parameter stores differ in names or shapes (the
@@ -184,8 +184,12 @@ class DistributedContext:
         """
         if not self.enabled:
             return
+        from .checkpoint import BASELINE_AVG_PREFIX
+
         store = pyro.get_param_store()
-        names = sorted(k for k, _ in store.named_parameters())
+        # Pyro's decaying-average baselines are each rank's running state, not parameters
+        names = sorted(k for k, _ in store.named_parameters()
+                       if not k.startswith(BASELINE_AVG_PREFIX))
         shapes = [(k, tuple(store.get_param(k).shape)) for k in names]
         layouts = self.gather_objects(shapes, "comparing the parameter stores at start")
         if any(layout != layouts[0] for layout in layouts):

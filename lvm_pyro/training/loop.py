@@ -359,6 +359,10 @@ class Trainer:
             self.optimizer.load_state_dict(payload["optimizer"])
         set_rng_state(payload["rng"]["ranks"][self.dist.rank] if self.dist.enabled
                       else payload["rng"]["global"])
+        if self.dist.enabled:  # this rank's own decaying-average baselines
+            store = pyro.get_param_store()
+            for k, v in payload["rng"]["baselines"][self.dist.rank].items():
+                store[k] = v
         self.shuffle.set_state(payload["rng"]["shuffle"])
         legacy = payload["rng"].get("binarizer")  # checkpoints written before transforms
         if "transform" not in payload and legacy is not None and isinstance(self.transform, Binarizer):
@@ -585,8 +589,15 @@ class Trainer:
             pyro.set_rng_seed(rank_seed(self.seed, self.dist.rank))
 
     def _rank_rng(self) -> dict:
-        """``{"ranks": [RNG state of rank 0, 1, ...]}`` under data parallelism, else {}."""
-        return {"ranks": self.dist.gather_rng(get_rng_state())} if self.dist.enabled else {}
+        """Under data parallelism ``{"ranks": [RNG state of rank 0, 1, ...], "baselines":
+        [Pyro's decaying-average baselines of rank 0, 1, ...]}`` (per-rank running state),
+        else {}."""
+        if not self.dist.enabled:
+            return {}
+        baselines = {k: v.detach().cpu().clone() for k, v in pyro.get_param_store().items()
+                     if k.startswith(BASELINE_AVG_PREFIX)}
+        return {"ranks": self.dist.gather_rng(get_rng_state()),
+                "baselines": self.dist.gather_objects(baselines, "gathering the baselines")}
 
     def _agree(self, obj: Any) -> None:
         """Give ``obj`` (with ``state_dict`` / ``load_state_dict``) rank 0's state."""

@@ -97,15 +97,18 @@ def scaling_model(t_image: float, t_fixed: float, grad_bytes: int, batch: int,
         T(W) = t_fixed + t_image * B / W + T_ar(W),
         T_ar(W) = 2 (W - 1) latency + 2 (W - 1) / W * S / bandwidth   (ring all-reduce)
 
-    with t_image the measured compute seconds per image, t_fixed the measured per-step
-    overhead, S the gradient bytes per step (measured), and the network's ``bandwidth``
+    (strong scaling: the global batch B fixed) and, with B rows per machine (weak scaling),
+    T_weak(W) = t_fixed + t_image * B + T_ar(W) for W * B images; t_image the measured
+    compute seconds per image, t_fixed the measured per-step overhead, S the gradient bytes per step (measured), and the network's ``bandwidth``
     (bytes/s) and ``latency`` (s per message) assumed."""
     rows = []
     for w in workers:
         t_ar = 2 * (w - 1) * latency + 2 * (w - 1) / w * grad_bytes / bandwidth if w > 1 else 0.0
         step = t_fixed + t_image * batch / w + t_ar
+        weak = t_fixed + t_image * batch + t_ar  # batch rows per worker, W * batch per step
         rows.append({"workers": w, "step_s": step, "allreduce_s": t_ar,
-                     "images_per_s": batch / step})
+                     "images_per_s": batch / step, "weak_step_s": weak,
+                     "weak_images_per_s": w * batch / weak})
     return rows
 
 
@@ -120,7 +123,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1,
                    help="alternate the process counts this many times (a loaded machine)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--report-only", metavar="JSON",
+                   help="rewrite the tables (and the scaling model) from a result file")
     a = p.parse_args()
+    if a.report_only:
+        _write_report(json.loads(Path(a.report_only).read_text()), Path(a.out))
+        return
     runs, repeats = {}, {}
     for w in [w for _ in range(a.repeats) for w in a.procs]:
         t0 = time.perf_counter()
@@ -154,7 +162,8 @@ def main() -> None:
     grad_bytes = max(r[0]["allreduce_bytes"] for r in runs.values())
     model_rows = {
         "assumptions": f"one process per machine, each as fast as one process here with a "
-                       f"core to itself: step = t_fixed + t_image * B / W with t_fixed = "
+                       f"core to itself: step = t_fixed + t_image * B / W (strong scaling; "
+                       f"weak scaling: t_fixed + t_image * B with B rows per machine) with t_fixed = "
                        f"{1e3 * t_fixed:.2f} ms and t_image = {1e6 * t_image:.1f} us from the CPU "
                        f"time of 1 process at batch {a.batch_size} and {half} (not its wall "
                        f"time on this loaded machine); plus a ring all-reduce of the "
@@ -162,8 +171,7 @@ def main() -> None:
                        "message (assumed, not measured)",
         "calibration": {"t_fixed_s": t_fixed, "t_image_s": t_image,
                         "cpu_s_per_step_batch_full": step_full, "cpu_s_per_step_batch_half": step_half},
-        "rows": scaling_model(t_image, t_fixed, grad_bytes, a.batch_size, [1, 2, 4, 8, 16, 32],
-                              1.25e9, 50e-6)}
+        "rows": []}  # filled by _write_report
     result = {"device": a.device, "data": a.data, "rows": one["rows"], "batch_size": a.batch_size,
               "epochs": a.epochs, "threads_per_process": 1, "uptime": uptime,
               "machine": platform.platform(), "cpu_count": __import__("os").cpu_count(),
@@ -172,22 +180,36 @@ def main() -> None:
               "repeats": {str(w): [[x["images_per_s"] for x in r] for r in rs]
                           for w, rs in repeats.items()},
               "scaling_MODEL_not_measured": model_rows}
-    out = Path(a.out)
+    _write_report(result, Path(a.out))
+
+
+def _write_report(result: dict, out: Path) -> None:
+    """``ddp_<device>.json`` and ``.md`` from a result dict (the scaling model recomputed
+    from its calibration, so ``--report-only`` can redo the tables)."""
+    model_rows = result["scaling_MODEL_not_measured"]
+    cal = model_rows["calibration"]
+    runs = {int(w): r for w, r in result["measured"].items()}
+    grad_bytes = max(r[0]["allreduce_bytes"] for r in runs.values())
+    model_rows["rows"] = scaling_model(cal["t_image_s"], cal["t_fixed_s"], grad_bytes,
+                                       result["batch_size"], [1, 2, 4, 8, 16, 32], 1.25e9, 50e-6)
     out.mkdir(parents=True, exist_ok=True)
-    tag = a.device.split(":")[0]
+    tag = result["device"].split(":")[0]
     (out / f"ddp_{tag}.json").write_text(json.dumps(result, indent=2))
-    lines = [f"# Data-parallel throughput ({a.device}, {a.data}, {one['rows']} rows, global batch "
-             f"{a.batch_size}, 1 thread per process)", "", f"`uptime`: {uptime}", "",
-             f"Median of {a.repeats} alternating repeat(s); images/s is wall-clock throughput of "
-             "the whole job (rank 0's epochs 2+); CPU ms/image is one rank's CPU time per "
-             "image it trained on, per rank; the all-reduce time includes waiting for the "
-             "slower rank.", "",
+    repeats = result["repeats"]
+    lines = [f"# Data-parallel throughput ({result['device']}, {result['data']}, {result['rows']} "
+             f"rows, global batch {result['batch_size']}, 1 thread per process)", "",
+             f"`uptime`: {result['uptime']}", "",
+             f"Median of {len(next(iter(repeats.values())))} alternating repeat(s); images/s is "
+             "wall-clock throughput of the whole job (rank 0's epochs 2+); CPU ms/image is "
+             "one rank's CPU time per image it trained on, per rank; the all-reduce time "
+             "includes waiting for the slower rank; 'alone' is the same all-reduce after a "
+             "barrier (median of 20).", "",
              "| processes | images/s | all repeats | CPU ms/image (per rank) | all-reduce ms/step "
              "| all-reduce alone ms | all-reduce MB/step |",
              "|---|---|---|---|---|---|---|"]
     for w, r in runs.items():
         per_rank = ", ".join(f"{1e3 * x['cpu_s_per_image'] * w:.3f}" for x in r)
-        every = ", ".join(f"{x[0]['images_per_s']:.0f}" for x in repeats[w])
+        every = ", ".join(f"{x[0]:.0f}" for x in repeats[str(w)])
         alone = r[0]["allreduce_alone_s_median"]
         alone_ms = "-" if alone is None else f"{1e3 * alone:.2f}"
         lines.append(f"| {w} | {r[0]['images_per_s']:.0f} | {every} | {per_rank} | "
@@ -195,11 +217,13 @@ def main() -> None:
                      f"{r[0]['allreduce_bytes'] / 1e6:.3f} |")
     lines += ["", "## Scaling MODEL (computed from the measurements above, not measured)", "",
               model_rows["assumptions"], "",
-              "| machines | modelled step s | modelled all-reduce s | modelled images/s |",
-              "|---|---|---|---|"]
+              f"| machines | strong: step s (B = {result['batch_size']} in all) | modelled "
+              f"all-reduce s | strong: images/s | weak: step s (B per machine) | weak: images/s |",
+              "|---|---|---|---|---|---|"]
     for r in model_rows["rows"]:
         lines.append(f"| {r['workers']} | {r['step_s']:.4f} | {r['allreduce_s']:.5f} | "
-                     f"{r['images_per_s']:.0f} |")
+                     f"{r['images_per_s']:.0f} | {r['weak_step_s']:.4f} | "
+                     f"{r['weak_images_per_s']:.0f} |")
     (out / f"ddp_{tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -188,7 +188,21 @@ def _worker(ctx: DistributedContext, directory: str) -> dict:
     # restarts decided on rank 0 and broadcast: ranks agree after several steps
     out["vq_restarts"] = _train_one_step(ctx, "vqvae", threshold=5.0, epochs=3)
     out["straight"] = _vae_run(ctx, f"{directory}/straight.pt", 2, False)
-    _vae_run(ctx, f"{directory}/stopped.pt", 1, False)  # stop after the first epoch
+    # stop after the first epoch; rank 0 writes its checkpoint late, so a rank that did not
+    # wait for it would find none and start the resumed run afresh
+    import lvm_pyro.training.loop as loop_module
+    real_save = loop_module.save_checkpoint
+
+    def late_save(path, payload):
+        import time
+        time.sleep(2.0)
+        return real_save(path, payload)
+
+    loop_module.save_checkpoint = late_save
+    try:
+        _vae_run(ctx, f"{directory}/stopped.pt", 1, False)
+    finally:
+        loop_module.save_checkpoint = real_save
     out["resumed"] = _vae_run(ctx, f"{directory}/stopped.pt", 2, True)  # a new Trainer
     out["sf_straight"] = _score_function_run(ctx, f"{directory}/sf_straight.pt", 2, False)
     _score_function_run(ctx, f"{directory}/sf_stopped.pt", 1, False)
@@ -351,3 +365,34 @@ def test_a_stalled_rank_times_out_with_a_clear_message():
     results = launch_local(_failure_outcome, 2, "stall", 40.0, timeout=20.0, join_timeout=180.0)
     assert all(s == "ok" for s, _ in results), results
     _check_failure([v for _, v in results])
+
+
+@pytest.mark.slow
+def test_torchrun_cli_fit_records_world_size_and_refuses_another(tmp_path):
+    """`torchrun --nproc_per_node 2 -m lvm_pyro.cli fit` trains, rank 0 alone reports and
+    writes metrics.json with world_size 2; `lvm-pyro fit --resume` in one process is
+    refused with one line."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists() and shutil.which("torchrun") is None:
+        pytest.skip("torchrun is not installed next to this Python")
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    flags = ["fit", "--epochs", "1", "--z-dim", "2", "--num-samples", "5", "--num-test", "20",
+             "--out", str(out), "--no-progress"]
+    done = subprocess.run([str(torchrun if torchrun.exists() else "torchrun"),
+                           "--nproc_per_node", "2", "-m", "lvm_pyro.cli", *flags],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("test NLL") == 1  # rank 0 alone prints
+    assert json.loads((out / "metrics.json").read_text())["world_size"] == 2
+    flags[2] = "2"  # --epochs 2
+    again = subprocess.run([sys.executable, "-m", "lvm_pyro.cli", *flags, "--resume"], env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2 and "2 process(es)" in again.stderr, again.stderr[-2000:]

@@ -315,7 +315,7 @@ class Trainer:
             "modules": {k: m.state_dict() for k, m in self.modules.items()},
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else {},
             "rng": {"global": get_rng_state(), "shuffle": self.shuffle.get_state(),
-                    **self._rank_rng()},
+                    **self._per_rank_state()},
             "world_size": self.dist.world_size,
             "transform": _state_of(self.transform) or {},
             "objective": _state_of(self.elbo) or {},
@@ -329,7 +329,10 @@ class Trainer:
         """Write the checkpoint atomically to ``path`` (default ``checkpoint_path``)."""
         path = Path(path or self.checkpoint_path)
         state = self.state()  # collective under data parallelism: every rank builds it
-        return save_checkpoint(path, state) if self.dist.is_main else path
+        if self.dist.is_main:
+            save_checkpoint(path, state)
+        self.dist.barrier("writing the checkpoint")  # no rank reads it before it exists
+        return path
 
     def load_state(self, payload: dict[str, Any], *, check_config: bool = True) -> None:
         """Restore parameters, optimiser, RNGs and counters from a loaded checkpoint.
@@ -415,6 +418,7 @@ class Trainer:
             raise ValueError(f"epochs must be an integer >= 0, got {epochs}")
         x = self.prepare_data(x)
         has_checkpoint = self.checkpoint_path is not None and self.checkpoint_path.exists()
+        has_checkpoint = self.dist.broadcast_object(has_checkpoint, "agreeing on the checkpoint")
         fresh = not resume or (not has_checkpoint and self.epoch == 0)
         if fresh:
             pyro.set_rng_seed(self.seed)  # nothing to resume from: exactly a fresh run
@@ -546,14 +550,13 @@ class Trainer:
         the other side (the guide's parameters are the encoder) so Adam skips it. Under
         data parallelism ``idx`` is this rank's shard of a global minibatch of
         ``global_size`` rows (possibly empty) and the loss returned is the global one."""
-        loss = 0.0
-        if len(idx) > 0:
-            recorder = None if self._checked_registration else _LeafRecorder()
-            with pyro.validation_enabled(self.validate), recorder or contextlib.nullcontext():
-                loss = self.elbo.loss_and_grads(self._model, self._guide, xb, num_data=n, idx=idx)
-            if recorder is not None:  # once, after the first step's backward pass
-                self._checked_registration = True
-                self._warn_if_unregistered(recorder.leaves)
+        recorder = None if self._checked_registration or len(idx) == 0 else _LeafRecorder()
+        with pyro.validation_enabled(self.validate), recorder or contextlib.nullcontext():
+            loss = (self.elbo.loss_and_grads(self._model, self._guide, xb, num_data=n, idx=idx)
+                    if len(idx) else 0.0)  # an empty shard: no loss, zero gradient
+        if recorder is not None:  # once, after the first step's backward pass
+            self._checked_registration = True
+            self._warn_if_unregistered(recorder.leaves)
         if len(pyro.get_param_store()) != self._store_size:
             self._sync_optimizer()
         if self.dist.enabled:  # sum of b_local / B weighted gradients: the union batch's
@@ -588,7 +591,7 @@ class Trainer:
         if fresh:
             pyro.set_rng_seed(rank_seed(self.seed, self.dist.rank))
 
-    def _rank_rng(self) -> dict:
+    def _per_rank_state(self) -> dict:
         """Under data parallelism ``{"ranks": [RNG state of rank 0, 1, ...], "baselines":
         [Pyro's decaying-average baselines of rank 0, 1, ...]}`` (per-rank running state),
         else {}."""

@@ -270,6 +270,19 @@ def test_shard_covers_the_batch_without_repeats():
     assert rank_seed(5, 0) == 5 and len({rank_seed(5, r) for r in range(8)}) == 8
 
 
+def test_init_from_environment_without_torchrun_and_with_bad_settings(monkeypatch):
+    from lvm_pyro.training.distributed import TIMEOUT_ENV, init_from_environment
+    for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", TIMEOUT_ENV):
+        monkeypatch.delenv(k, raising=False)
+    assert init_from_environment().world_size == 1  # no torchrun: one process
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="RANK, MASTER_ADDR, MASTER_PORT unset.*torchrun"):
+        init_from_environment()
+    monkeypatch.setenv(TIMEOUT_ENV, "soon")
+    with pytest.raises(ValueError, match=f"{TIMEOUT_ENV} must be a number of seconds"):
+        init_from_environment()
+
+
 # -- checkpoint, stop, resume ---------------------------------------------------------------
 def _vae_run(ctx, path: str, epochs: int, resume: bool) -> dict:
     from lvm_pyro.training.builders import build_model

@@ -3,11 +3,15 @@
 With no ``--data`` it trains the default VAE on scikit-learn's bundled digits (about two
 minutes on 2 CPU cores) and prints the test NLL and where the pictures are. Every flag
 that describes the run is a field of :mod:`lvm_pyro.training.config`.
+
+``torchrun --nproc_per_node N -m lvm_pyro.cli fit ...`` (same flags) trains the run
+data-parallel over N processes (:mod:`lvm_pyro.training.distributed`); rank 0 prints.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -68,6 +72,8 @@ def run(a: argparse.Namespace) -> int:
     m = train_run(config, a.out, resume=a.resume, overwrite=a.force, progress=not a.no_progress,
                   num_samples=a.num_samples, num_test=a.num_test, logger=a.logger,
                   log=lambda msg: print(f"lvm-pyro: {msg}", file=sys.stderr))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 alone reports
+        return 0
     out = Path(a.out)
     print(nll_line(m))
     pictures = [out / n for n in ("samples.png", "reconstructions.png", "loss_curve.png")

@@ -302,6 +302,37 @@ class VectorQuantizer(nn.Module):
             _PENDING.add(self)
             _ensure_hook()
 
+    def pending_statistics(self) -> tuple[Tensor, Tensor, int]:
+        """The statistics gathered since the last :meth:`update`: summed code counts (K,),
+        summed encoder outputs per code (K, D) and the number of forward passes (zeros and
+        0 when nothing is pending). Data-parallel training all-reduces them
+        (:mod:`lvm_pyro.training.distributed`)."""
+        if self._pending_calls == 0:
+            k, d = self.codebook_size, self.embedding_dim
+            dtype, device = self.codebook.dtype, self.codebook.device
+            return (torch.zeros(k, dtype=dtype, device=device),
+                    torch.zeros(k, d, dtype=dtype, device=device), 0)
+        return self._pending_counts, self._pending_sums, self._pending_calls
+
+    def set_pending_statistics(self, counts: Tensor, sums: Tensor, calls: int) -> None:
+        """Replace the pending statistics (counts (K,), sums (K, D), ``calls`` >= 1 forward
+        passes), e.g. by their sums over data-parallel ranks; the encoder outputs kept for
+        dead-code restarts stay this process's own.
+
+        Raises:
+            ValueError: bad shapes or ``calls < 1``.
+        """
+        k, d = self.codebook_size, self.embedding_dim
+        if tuple(counts.shape) != (k,) or tuple(sums.shape) != (k, d) or calls < 1:
+            raise ValueError(f"pending statistics must be counts ({k},), sums ({k}, {d}) and "
+                             f"calls >= 1; got {tuple(counts.shape)}, {tuple(sums.shape)}, {calls}")
+        dtype = self.codebook.dtype
+        self._pending_counts, self._pending_sums = counts.to(dtype), sums.to(dtype)
+        self._pending_calls = int(calls)
+        if self.auto_update:
+            _PENDING.add(self)
+            _ensure_hook()
+
     def discard_pending(self) -> None:
         """Forget statistics gathered since the last :meth:`update`."""
         self._clear_pending()

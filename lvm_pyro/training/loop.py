@@ -39,6 +39,7 @@ from ..inference.program import (accepted_keywords, adapt_program, check_dtypes,
                                  check_param_ownership)
 from .checkpoint import (BASELINE_AVG_PREFIX, CheckpointError, get_rng_state, load_checkpoint,
                          restore_params, save_checkpoint, set_rng_state)
+from .distributed import DistributedContext, find_quantizers, rank_seed, single_process
 from .progress import EpochProgress
 
 __all__ = ["Trainer", "EpochMetrics", "adapt_program", "DivergenceWarning", "loss_rose",
@@ -168,6 +169,11 @@ class Trainer:
             (encoder-only steps on fresh minibatches until the loss stops improving, then
             one decoder-only step); its state is checkpointed. The guide must be an
             ``nn.Module`` (its parameters are the encoder's).
+        distributed: the :class:`~lvm_pyro.training.distributed.DistributedContext` of a
+            data-parallel job (:func:`~lvm_pyro.training.distributed.init_from_environment`):
+            each rank trains on its shard of every global minibatch of ``batch_size`` rows,
+            gradients are summed over ranks, rank 0 alone writes the checkpoint and shows
+            progress. ``None``: one process.
 
     Raises:
         ValueError: bad hyper-parameters, or both ``transform`` and ``binarization``.
@@ -182,7 +188,8 @@ class Trainer:
                  callbacks: Sequence[Callable] = (), clip_norm: Optional[float] = None,
                  modules: Optional[dict[str, torch.nn.Module]] = None,
                  validate: bool = False, divergence_tolerance: Optional[float] = 0.5,
-                 aggressive: Optional[Any] = None, fused_optimizer: bool = True):
+                 aggressive: Optional[Any] = None, fused_optimizer: bool = True,
+                 distributed: Optional[DistributedContext] = None):
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         if batch_size < 1:
@@ -197,6 +204,8 @@ class Trainer:
             raise ValueError("aggressive encoder training needs the guide to be a torch "
                              "nn.Module (its parameters are the encoder's)")
         self.aggressive = aggressive
+        self.dist = single_process() if distributed is None else distributed
+        self._quantizers: list = []
         self.model, self.guide, self.elbo = model, guide, elbo
         # the objective a step runs: Pyro's Trace_ELBO on the lean trace path (same numbers)
         self._objective = LeanTrace_ELBO.from_elbo(elbo) if type(elbo) is Trace_ELBO else elbo
@@ -213,7 +222,7 @@ class Trainer:
         self.divergence_tolerance = divergence_tolerance
         self.checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
         self.config = dict(config or {})
-        self.progress = progress
+        self.progress = progress and self.dist.is_main
         self.callbacks = list(callbacks)
         self.clip_norm = clip_norm
         self.validate = bool(validate)
@@ -318,7 +327,9 @@ class Trainer:
             "param_order": list(self.param_names),
             "modules": {k: m.state_dict() for k, m in self.modules.items()},
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else {},
-            "rng": {"global": get_rng_state(), "shuffle": self.shuffle.get_state()},
+            "rng": {"global": get_rng_state(), "shuffle": self.shuffle.get_state(),
+                    **self._per_rank_state()},
+            "world_size": self.dist.world_size,
             "transform": _state_of(self.transform) or {},
             "objective": _state_of(self.elbo) or {},
             "history": list(self.history),
@@ -330,7 +341,11 @@ class Trainer:
     def save(self, path: Optional[str | Path] = None) -> Path:
         """Write the checkpoint atomically to ``path`` (default ``checkpoint_path``)."""
         path = Path(path or self.checkpoint_path)
-        return save_checkpoint(path, self.state())
+        state = self.state()  # collective under data parallelism: every rank builds it
+        if self.dist.is_main:
+            save_checkpoint(path, state)
+        self.dist.barrier("writing the checkpoint")  # no rank reads it before it exists
+        return path
 
     def load_state(self, payload: dict[str, Any], *, check_config: bool = True) -> None:
         """Restore parameters, optimiser, RNGs and counters from a loaded checkpoint.
@@ -346,12 +361,24 @@ class Trainer:
             raise CheckpointError(
                 f"checkpoint was written by a different configuration (checkpoint vs now: {diff}); "
                 "resume with the original settings or start a new run directory")
+        saved_world = int(payload.get("world_size", 1))
+        if saved_world != self.dist.world_size:
+            raise CheckpointError(
+                f"the checkpoint was written by a run of {saved_world} process(es) and this run "
+                f"has {self.dist.world_size}: the data shards and each rank's random stream "
+                f"depend on the number of processes; resume with the same number (torchrun "
+                f"--nproc_per_node {saved_world}, or no torchrun for 1) or start a new run")
         restore_params(payload, self.modules)
         if payload.get("param_order") and payload["param_order"] != self.param_names:
             raise CheckpointError("parameter order differs from the checkpoint's")
         if payload.get("optimizer"):
             self.optimizer.load_state_dict(payload["optimizer"])
-        set_rng_state(payload["rng"]["global"])
+        set_rng_state(payload["rng"]["ranks"][self.dist.rank] if self.dist.enabled
+                      else payload["rng"]["global"])
+        if self.dist.enabled:  # this rank's own decaying-average baselines
+            store = pyro.get_param_store()
+            for k, v in payload["rng"]["baselines"][self.dist.rank].items():
+                store[k] = v
         self.shuffle.set_state(payload["rng"]["shuffle"])
         legacy = payload["rng"].get("binarizer")  # checkpoints written before transforms
         if "transform" not in payload and legacy is not None and isinstance(self.transform, Binarizer):
@@ -404,7 +431,9 @@ class Trainer:
             raise ValueError(f"epochs must be an integer >= 0, got {epochs}")
         x = self.prepare_data(x)
         has_checkpoint = self.checkpoint_path is not None and self.checkpoint_path.exists()
-        if not resume or (not has_checkpoint and self.epoch == 0):
+        has_checkpoint = self.dist.broadcast_object(has_checkpoint, "agreeing on the checkpoint")
+        fresh = not resume or (not has_checkpoint and self.epoch == 0)
+        if fresh:
             pyro.set_rng_seed(self.seed)  # nothing to resume from: exactly a fresh run
         self._discover(x)
         if resume and has_checkpoint:
@@ -414,6 +443,7 @@ class Trainer:
                     f"the checkpoint already holds {self.epoch} epochs, more than the {epochs} "
                     f"asked for; fit with epochs >= {self.epoch} (the command line's --epochs), "
                     "or evaluate the run as is")
+        self._start_distributed(fresh)
         n = x.shape[0]
         steps_per_epoch = math.ceil(n / self.batch_size)
         bar = EpochProgress(max(0, epochs - self.epoch) * steps_per_epoch,
@@ -425,13 +455,16 @@ class Trainer:
                 perm = torch.randperm(n, generator=self.shuffle).to(x.device)
                 total, count, losses, weights = 0.0, 0, [], []
                 for start in range(0, n, self.batch_size):
-                    idx = perm[start:start + self.batch_size]
+                    batch = perm[start:start + self.batch_size]
+                    idx = self.dist.shard(batch)  # this rank's rows (all of them in one process)
                     weights.append(getattr(self.elbo, "current_beta", None))
                     if self.aggressive is not None and self.aggressive.active:
                         self._encoder_steps(x_epoch, n)
-                        loss = self._step(x_epoch[idx], n, idx, train="decoder")
+                        loss = self._step(x_epoch[idx], n, idx, train="decoder",
+                                          global_size=len(batch))
                     else:
-                        loss = self._step(x_epoch[idx], n, idx)
+                        loss = self._step(x_epoch[idx], n, idx, global_size=len(batch))
+                    idx = batch  # the loss is the global batch's
                     per_point = loss / (n if self._scaled else len(idx))
                     if not math.isfinite(per_point):
                         raise FloatingPointError(
@@ -447,6 +480,7 @@ class Trainer:
                 m = EpochMetrics(self.epoch, total / count, time.perf_counter() - t0)
                 if self.aggressive is not None:
                     m.extra.update(self.aggressive.end_epoch(self.guide))
+                    self._agree(self.aggressive)
                 bar.end_epoch(self.epoch, epochs, m.loss, m.seconds)
                 for cb in self.callbacks:
                     out = cb(self, m)
@@ -516,24 +550,34 @@ class Trainer:
         losses: list[float] = []
         b = min(self.batch_size, n)
         while not self.aggressive.inner_converged(losses):
-            idx = torch.randperm(n, generator=self.shuffle)[:b].to(x_epoch.device)
-            losses.append(self._step(x_epoch[idx], n, idx, train="encoder"))
+            batch = torch.randperm(n, generator=self.shuffle)[:b].to(x_epoch.device)
+            idx = self.dist.shard(batch)
+            losses.append(self._step(x_epoch[idx], n, idx, train="encoder",
+                                     global_size=len(batch)))
         self.aggressive.inner_steps.append(len(losses))
         return len(losses)
 
     def _step(self, xb: torch.Tensor, n: int, idx: torch.Tensor,
-              train: Optional[str] = None) -> float:
+              train: Optional[str] = None, global_size: Optional[int] = None) -> float:
         """One optimiser step; ``train="encoder"`` / ``"decoder"`` drops the gradients of
-        the other side (the guide's parameters are the encoder) so Adam skips it."""
-        recorder = None if self._checked_registration else _LeafRecorder()
+        the other side (the guide's parameters are the encoder) so Adam skips it. Under
+        data parallelism ``idx`` is this rank's shard of a global minibatch of
+        ``global_size`` rows (possibly empty) and the loss returned is the global one."""
+        recorder = None if self._checked_registration or len(idx) == 0 else _LeafRecorder()
         with pyro.validation_enabled(self.validate), recorder or contextlib.nullcontext():
-            loss = self._objective.loss_and_grads(self._model, self._guide, xb, num_data=n,
-                                                  idx=idx)
+            loss = (self._objective.loss_and_grads(self._model, self._guide, xb, num_data=n,
+                                                   idx=idx)
+                    if len(idx) else 0.0)  # an empty shard: no loss, zero gradient
         if recorder is not None:  # once, after the first step's backward pass
             self._checked_registration = True
             self._warn_if_unregistered(recorder.leaves)
         if len(pyro.get_param_store()) != self._store_size:
             self._sync_optimizer()
+        if self.dist.enabled:  # sum of b_local / B weighted gradients: the union batch's
+            weight = len(idx) / (global_size or len(idx)) if self._scaled else 1.0
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            loss = self.dist.reduce_gradients(params, float(loss), weight, self._quantizers,
+                                              step=self.step + 1)
         if train is not None:
             encoder = self._encoder_ids()
             for group in self.optimizer.param_groups:
@@ -544,9 +588,39 @@ class Trainer:
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
         self.optimizer.step()
+        self.dist.broadcast_restarts(self._quantizers)
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return float(loss)
+
+    # -- data parallelism (lvm_pyro.training.distributed) ----------------------------------
+    def _start_distributed(self, fresh: bool) -> None:
+        """Rank 0's parameters and buffers everywhere; on a fresh start each rank > 0
+        reseeds its random streams (:func:`rank_seed`); a resumed rank has its own state
+        from the checkpoint."""
+        if not self.dist.enabled:
+            return
+        self.dist.broadcast_start(self.modules)
+        self._quantizers = find_quantizers(self.modules)
+        if fresh:
+            pyro.set_rng_seed(rank_seed(self.seed, self.dist.rank))
+
+    def _per_rank_state(self) -> dict:
+        """Under data parallelism ``{"ranks": [RNG state of rank 0, 1, ...], "baselines":
+        [Pyro's decaying-average baselines of rank 0, 1, ...]}`` (per-rank running state),
+        else {}."""
+        if not self.dist.enabled:
+            return {}
+        baselines = {k: v.detach().cpu().clone() for k, v in pyro.get_param_store().items()
+                     if k.startswith(BASELINE_AVG_PREFIX)}
+        return {"ranks": self.dist.gather_rng(get_rng_state()),
+                "baselines": self.dist.gather_objects(baselines, "gathering the baselines")}
+
+    def _agree(self, obj: Any) -> None:
+        """Give ``obj`` (with ``state_dict`` / ``load_state_dict``) rank 0's state."""
+        state = _state_of(obj)
+        if self.dist.enabled and state is not None:
+            obj.load_state_dict(self.dist.broadcast_object(state, "agreeing on rank 0's state"))
 
 
 def make_adam(params: list[torch.Tensor], lr: float, *, fused: bool = True) -> torch.optim.Adam:

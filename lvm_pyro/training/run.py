@@ -25,6 +25,7 @@ from ..inference.program import trace_guide_then_model
 from .builders import as_run_config, build_callbacks, build_metrics, build_model, build_objective
 from .checkpoint import CheckpointError, load_checkpoint, restore_params
 from .config import ConfigError, RunConfig
+from .distributed import DistributedContext, init_from_environment, rank_seed, single_process
 from .loop import Trainer
 from .pictures import (prior_draws, prior_samples, save_grid, save_loss_curve, save_reconstructions,
                        save_scatter)
@@ -202,15 +203,21 @@ def train_run(config: RunConfig | Mapping, out: str | Path, *, resume: bool = Fa
             ``out/tensorboard/`` (:class:`~lvm_pyro.training.tensorboard.TensorBoardLogger`,
             on the first 200 test points, K = 100); ``"none"`` (default) writes nothing.
 
+    Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the processes train
+    data-parallel (:mod:`lvm_pyro.training.distributed`): ``batch_size`` is the global
+    minibatch, split over the ranks; rank 0 alone writes files and logs; the test
+    evaluation is split over the ranks and gathered; ``metrics.json`` records
+    ``world_size`` (1 without torchrun).
+
     Returns:
-        the metrics dict also written to ``out/metrics.json``.
+        the metrics dict also written to ``out/metrics.json`` (the same on every rank).
 
     Raises:
         RunExistsError: ``out`` holds a run and neither ``resume`` nor ``overwrite``.
         CheckpointError: resuming with a different configuration.
         ConfigError, ValueError: bad configuration or evaluation settings.
     """
-    from .tensorboard import LOGGERS, TensorBoardLogger
+    from .tensorboard import LOGGERS
 
     config = as_run_config(config)
     out = Path(out)
@@ -221,6 +228,24 @@ def train_run(config: RunConfig | Mapping, out: str | Path, *, resume: bool = Fa
     if num_test is not None and num_test < 1:
         raise ConfigError("num_test", f"must be >= 1, got {num_test}")
     validate_config(config)
+    import torch.distributed as torch_dist
+    owns_group = not (torch_dist.is_available() and torch_dist.is_initialized())
+    ctx = init_from_environment(config.train.device)
+    try:
+        return _train_run(config, out, ctx, resume=resume, overwrite=overwrite,
+                          progress=progress, num_samples=num_samples, num_test=num_test,
+                          log=log if ctx.is_main else None, logger=logger)
+    finally:
+        if owns_group and ctx.enabled and torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
+
+
+def _train_run(config: RunConfig, out: Path, ctx: DistributedContext, *, resume: bool,
+               overwrite: bool, progress: bool, num_samples: int, num_test: Optional[int],
+               log: Optional[Callable[[str], None]], logger: str) -> dict:
+    """:func:`train_run` in one process of a job described by ``ctx``."""
+    from .tensorboard import TensorBoardLogger
+
     prepare_run_dir(out, resume=resume, overwrite=overwrite, clear=False)  # fail early
     cfg_path = out / CONFIG_FILE
     if resume and not (out / CHECKPOINT_FILE).exists():
@@ -239,7 +264,10 @@ def train_run(config: RunConfig | Mapping, out: str | Path, *, resume: bool = Fa
             raise CheckpointError(f"resuming with a different configuration (was vs now: {diff}); "
                                   "resume with the original configuration or train into a new "
                                   "run directory")
+    ctx.barrier("checking the run directory")  # every rank has read it before rank 0 writes
     device = torch.device(config.train.device)
+    if ctx.enabled and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU
     t0 = time.perf_counter()
     x_train, source = prepare_data(config, "train", device, with_source=True)
     check_num_levels(config, x_train)
@@ -248,8 +276,10 @@ def train_run(config: RunConfig | Mapping, out: str | Path, *, resume: bool = Fa
     model, guide = build_model(config, x_train.shape[1:])
     elbo = build_objective(config, num_data=len(x_train))
     flat = config.to_dict()
-    prepare_run_dir(out, resume=resume, overwrite=overwrite)  # once the run is known to be buildable
-    write_json(cfg_path, {**flat, "data_source": source})
+    if ctx.is_main:
+        prepare_run_dir(out, resume=resume, overwrite=overwrite)  # once the run is known to be buildable
+        write_json(cfg_path, {**flat, "data_source": source})
+    ctx.barrier("preparing the run directory")
     if isinstance(model, torch.nn.Module):
         model.to(device)
     if isinstance(guide, torch.nn.Module):
@@ -268,7 +298,7 @@ def train_run(config: RunConfig | Mapping, out: str | Path, *, resume: bool = Fa
     # dequantised data, else 0): every reported loss and bound is on the discrete scale
     offset = test_bits_offset(config, x_train).offset_nats or 0.0
     board = None
-    if logger == "tensorboard":
+    if logger == "tensorboard" and ctx.is_main:
         board = TensorBoardLogger(out, model, guide,
                                   prepare_data(config, "test", device)[:200], seed=seed,
                                   offset_nats=offset)
@@ -278,7 +308,7 @@ def train_run(config: RunConfig | Mapping, out: str | Path, *, resume: bool = Fa
                       binarization=Binarizer(config.data.binarization, seed + 1, levels),
                       checkpoint_path=out / CHECKPOINT_FILE,
                       config={k: v for k, v in flat.items() if k not in ("epochs", "data_root")},
-                      progress=progress, callbacks=callbacks)
+                      progress=progress, callbacks=callbacks, distributed=ctx)
     try:
         history = trainer.fit(x_train, config.train.epochs, resume=resume)
     finally:
@@ -287,13 +317,17 @@ def train_run(config: RunConfig | Mapping, out: str | Path, *, resume: bool = Fa
     train_seconds = time.perf_counter() - t0
     if offset:  # the loss on the discrete scale, the density's value kept as loss_density
         history = [{**h, "loss": h["loss"] + offset, "loss_density": h["loss"]} for h in history]
-    save_loss_curve(history, out / "loss_curve.png")
+    if ctx.is_main:
+        save_loss_curve(history, out / "loss_curve.png")
     metrics = evaluate_run(out, num_samples=num_samples, num_test=num_test,
-                           model=model, guide=guide, config=config, progress=progress)
-    metrics.update({"train_curve": history, "train_seconds": train_seconds})
-    write_json(out / METRICS_FILE, metrics)
-    sample_run(out, model=model, guide=guide, config=config)
-    return metrics
+                           model=model, guide=guide, config=config,
+                           progress=progress and ctx.is_main, distributed=ctx)
+    if ctx.is_main:
+        metrics.update({"train_curve": history, "train_seconds": train_seconds,
+                        "world_size": ctx.world_size})
+        write_json(out / METRICS_FILE, metrics)
+        sample_run(out, model=model, guide=guide, config=config)
+    return ctx.broadcast_object(metrics, "sharing rank 0's metrics")
 
 
 def load_run(run_dir: str | Path, device: Optional[str] = None,
@@ -340,7 +374,7 @@ def load_run(run_dir: str | Path, device: Optional[str] = None,
 def evaluate_run(run_dir: str | Path, *, num_samples: int = 1000, num_test: Optional[int] = None,
                  batch_size: int = 100, model=None, guide=None, config=None,
                  progress: bool = False, data_root: Optional[str | Path] = None,
-                 seed: int = 0) -> dict:
+                 seed: int = 0, distributed: Optional[DistributedContext] = None) -> dict:
     """Test ELBO and importance-sampled test NLL of a run, seeded: Pyro's RNGs are set
     to ``seed`` (>= 0, recorded as ``seed``) first, so two evaluations give the same
     numbers.
@@ -363,6 +397,13 @@ def evaluate_run(run_dir: str | Path, *, num_samples: int = 1000, num_test: Opti
     offset, continuous likelihoods), ``bits_per_dim_offset_nats``, ``nll_note``,
     ``num_test_points``, ``num_importance_samples``, ``num_seeds`` (1) and ``versions``.
 
+    With ``distributed`` (a :class:`~lvm_pyro.training.distributed.DistributedContext` of
+    several processes) each rank evaluates a contiguous share of the test points with
+    seed :func:`~lvm_pyro.training.distributed.rank_seed` (``seed``, rank) and rank 0
+    gathers the per-datapoint values (in test-set order) and computes every metric; the
+    other ranks return ``{}``. The numbers then differ from one process's by Monte Carlo
+    error only (other draws).
+
     Raises:
         ValueError: ``num_samples < 1`` or ``num_test < 1``.
         CheckpointError: see :func:`load_run`.
@@ -379,18 +420,30 @@ def evaluate_run(run_dir: str | Path, *, num_samples: int = 1000, num_test: Opti
     x = prepare_data(config, "test", config.train.device)
     if num_test is not None:
         x = x[:num_test]
-    pyro.set_rng_seed(seed)
+    ctx = single_process() if distributed is None else distributed
+    lo, hi = ctx.span(len(x))  # this rank's test points (all of them in one process)
+    pyro.set_rng_seed(rank_seed(seed, ctx.rank))
     elbos, logps, recs, kls = [], [], [], []
+    kl_method = None
     t0 = time.perf_counter()
-    starts = progress_iter(range(0, len(x), batch_size), f"evaluating (K={num_samples})",
-                           total=math.ceil(len(x) / batch_size), enabled=progress)
+    starts = progress_iter(range(lo, hi, batch_size), f"evaluating (K={num_samples})",
+                           total=math.ceil((hi - lo) / batch_size), enabled=progress)
     for start in starts:
-        xb = x[start:start + batch_size]
+        xb = x[start:min(start + batch_size, hi)]
         parts = elbo_parts(model, guide, xb, num_samples=1)
+        kl_method = parts.kl_method
         elbos.append(parts.elbo)
         recs.append(parts.reconstruction)
         kls.append(parts.kl)
         logps.append(log_marginal_likelihood(model, guide, xb, num_samples=num_samples))
+    if ctx.enabled:  # per-datapoint values of every rank, in test-set order, on rank 0
+        mine = [torch.cat(v).detach().cpu() if v else torch.zeros(0)
+                for v in (elbos, logps, recs, kls)]
+        gathered = ctx.gather_objects((mine, kl_method), "gathering the test evaluation")
+        if not ctx.is_main:
+            return {}
+        elbos, logps, recs, kls = ([g[0][i] for g in gathered] for i in range(4))
+        kl_method = next(m for _, m in gathered if m is not None)
     r = nll_report(torch.cat(logps), test_bits_offset(config, x))
     # every bound on one scale: the discrete log P(x) (the density's values minus the
     # offset D log L of uniformly dequantised data; unchanged when the offset is 0 or None)
@@ -405,7 +458,7 @@ def evaluate_run(run_dir: str | Path, *, num_samples: int = 1000, num_test: Opti
         "test_reconstruction": float(rec.mean()),
         "test_elbo_density": float(elbo_density.mean()) if shift else None,
         "test_reconstruction_density": float(rec_density.mean()) if shift else None,
-        "test_kl": float(torch.cat(kls).mean()), "test_kl_method": parts.kl_method,
+        "test_kl": float(torch.cat(kls).mean()), "test_kl_method": kl_method,
         "test_nll": r.nll, "test_nll_se": r.nll_se, "test_bits_per_dim": r.bits_per_dim,
         "test_nll_density": r.nll_density if r.offset_nats != 0.0 else None,
         "bits_per_dim_offset_nats": r.offset_nats, "nll_note": r.note,

@@ -10,8 +10,8 @@ images, 3 shapes x 6 scales x 10 orientations x 16 x 16 positions; 41472 trainin
 
 Model: the library's VAE (:func:`lvm_pyro.training.builders.build_vae`), MLP encoder and
 decoder 1024-256-256 with ReLU, z_dim 10, Bernoulli pixels, diagonal-Gaussian guide;
-Adam lr 1e-3, batch 128, ``--epochs`` epochs of the whole training split (data already
-binary: no binarisation). Objectives, built by
+Adam lr 1e-3, batch 128, ``--epochs`` (4) epochs of the whole training split, 1296 steps,
+about 25 s of one core (data already binary: no binarisation). Objectives, built by
 :func:`lvm_pyro.training.builders.build_objective` from their configs:
 
 * ``beta1``, ``beta4``, ``beta16``: ``MeanFieldConfig(beta=b)``, i.e.
@@ -23,9 +23,10 @@ binary: no binarisation). Objectives, built by
 Evaluation on the test split:
 
 * the seven metrics of :func:`lvm_pyro.diagnostics.disentanglement_metrics` on the guide
-  means of all 4608 test images, with ``num_train=2000, num_test=1000`` (the defaults of
-  ``lvm-pyro disentanglement``; disentanglement_lib uses 10000 / 5000, which takes over 8
-  minutes for DCI alone here): *indicative* values at this budget;
+  means of all 4608 test images, with ``num_train=1000, num_test=500`` for every metric
+  (disentanglement_lib uses 10000 / 5000, which takes over 8 minutes for DCI alone here;
+  ``lvm-pyro disentanglement`` defaults to 2000 / 1000): *indicative* values at this
+  budget;
 * the reconstruction term E_q[log p(x|z)] and KL(q(z|x) || p(z)) per image (nats,
   :func:`lvm_pyro.inference.elbo_parts`, one draw per image, all test images);
 * index-code MI, total correlation and dimension-wise KL
@@ -112,12 +113,12 @@ def traversal_figure(model, guide, x_test, codes, factors, factor_names, kl_dims
     mig = mig_score(codes.numpy(), factors.numpy(), seed=0, num_train=len(codes))
     best_code = mig.mutual_information.argmax(axis=0)  # (K,) the code MIG picks per factor
     z_dim, n = codes.shape[1], len(TRAVERSAL_VALUES)
-    z0 = codes[0].float()
+    z0 = codes[0].float().to(x_test.device)
     rows = []
     for d in range(z_dim):
         z = z0.repeat(n, 1)
-        z[:, d] = TRAVERSAL_VALUES
-        rows.append(decode_means(model, z, x_test[:1].expand(n, *x_test.shape[1:])))
+        z[:, d] = TRAVERSAL_VALUES.to(z)
+        rows.append(decode_means(model, z, x_test[:1].expand(n, *x_test.shape[1:])).cpu())
     labels = []
     for d in range(z_dim):
         caught = [factor_names[k] for k in range(len(factor_names)) if best_code[k] == d]
@@ -144,29 +145,32 @@ def traversal_figure(model, guide, x_test, codes, factors, factor_names, kl_dims
     return labels
 
 
-def run_one(method: str, seed: int, a, runs: Path, figures: Path) -> dict:
-    out = runs / f"{method}_seed{seed}.json"
-    if out.exists():
-        print(f"{out} exists; skipping", flush=True)
-        return json.loads(out.read_text())
+def train_and_score(method: str, seed: int, x_train: torch.Tensor, test, a, *,
+                    figure: Path | None = None, device: str = "cpu",
+                    model_config: dict = MODEL) -> dict:
+    """Train one (method, seed) on ``x_train`` (N, 1, H, W) and score it on ``test`` (a
+    FactorImageDataset): the record written per run (module docstring). ``a`` carries
+    ``epochs``, ``batch_size``, ``metric_train``, ``metric_test``. With ``figure`` also
+    draws the traversal figure there."""
     pyro.clear_param_store()
-    train, test = load_dataset("dsprites", "train"), load_dataset("dsprites", "test")
-    x_train = train.images[:a.num_train_images] if a.num_train_images else train.images
-    x_test, factors = test.images, test.factors
+    x_train = x_train.to(device)
+    x_test, factors = test.images.to(device), test.factors
     pyro.set_rng_seed(seed)
-    model, guide = build_vae(MODEL, x_train.shape[1:])
+    model, guide = build_vae(model_config, x_train.shape[1:])
+    model.to(device)
+    guide.to(device)
     elbo = build_objective(METHODS[method], num_data=len(x_train))
     trainer = Trainer(model, guide, elbo, lr=1e-3, batch_size=a.batch_size, seed=seed,
                       binarization="none", progress=False)
     c0, t0 = time.process_time(), time.perf_counter()
     history = trainer.fit(x_train, a.epochs)
     train_cpu, train_wall = time.process_time() - c0, time.perf_counter() - t0
-    c0, t0 = time.process_time(), time.perf_counter()
+    c0 = time.process_time()
     pyro.set_rng_seed(1000 + seed)
     with torch.no_grad():
-        codes = guide_codes(guide, x_test)  # (N, D) float64
+        codes = guide_codes(guide, x_test).cpu()  # (N, D) float64
         parts = elbo_parts(model, guide, x_test, num_samples=1)
-        kl_dims = kl_per_dimension(model, guide, x_test).double().mean(0)  # (D,)
+        kl_dims = kl_per_dimension(model, guide, x_test).double().mean(0).cpu()  # (D,)
         decomposition = tc_decomposition(model, guide, x_test[:1000], num_samples=1)
         au = active_units(guide, x_test)
     terms_seconds = time.process_time() - c0
@@ -178,8 +182,9 @@ def run_one(method: str, seed: int, a, runs: Path, figures: Path) -> dict:
            "objective": {"name": type(METHODS[method]).name,
                          **{k: getattr(METHODS[method], k) for k in
                             METHODS[method].__dataclass_fields__}},
-           "model": MODEL, "epochs": a.epochs, "batch_size": a.batch_size, "lr": 1e-3,
+           "model": model_config, "epochs": a.epochs, "batch_size": a.batch_size, "lr": 1e-3,
            "num_train_images": len(x_train), "steps": trainer.step, "num_test_images": len(x_test),
+           "image_size": list(x_train.shape[1:]), "device": str(device),
            **metrics,
            "reconstruction": float(parts.reconstruction.double().mean()),
            "kl": float(parts.kl.double().mean()), "elbo": float(parts.elbo.double().mean()),
@@ -195,12 +200,10 @@ def run_one(method: str, seed: int, a, runs: Path, figures: Path) -> dict:
            "terms_cpu_seconds": terms_seconds, "metrics_cpu_seconds": metric_cpu,
            "versions": {"torch": torch.__version__, "pyro": pyro.__version__,
                         "python": platform.python_version()}}
-    if seed == a.seeds[0]:  # one traversal figure per method
+    if figure is not None:
         rec["traversal_labels"] = traversal_figure(
             model, guide, x_test, codes, factors, list(test.factor_names), kl_dims.tolist(),
-            figures / f"disent_traversal_{method}.png", f"{LABELS[method]}, seed {seed}")
-    runs.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rec, indent=2))
+            figure, f"{LABELS[method]}, seed {seed}")
     print(f"{method} seed {seed}: " + ", ".join(f"{k} {rec[k]:.3f}" for k in METRICS)
           + f", reconstruction {rec['reconstruction']:.2f}, KL {rec['kl']:.2f}; train "
           f"{train_cpu:.0f} CPU s ({trainer.step} steps), metrics {metric_cpu:.0f} CPU s",
@@ -208,7 +211,26 @@ def run_one(method: str, seed: int, a, runs: Path, figures: Path) -> dict:
     return rec
 
 
-def summarize(recs: list[dict], a) -> dict:
+def run_one(method: str, seed: int, a, runs: Path, figures: Path) -> dict:
+    """One (method, seed) on the CPU dSprites set, its record in ``runs`` (skipped when
+    present); seed ``a.seeds[0]`` draws the method's traversal figure into ``figures``."""
+    out = runs / f"{method}_seed{seed}.json"
+    if out.exists():
+        print(f"{out} exists; skipping", flush=True)
+        return json.loads(out.read_text())
+    train, test = load_dataset("dsprites", "train"), load_dataset("dsprites", "test")
+    x_train = train.images[:a.num_train_images] if a.num_train_images else train.images
+    figure = figures / f"disent_traversal_{method}.png" if seed == a.seeds[0] else None
+    rec = train_and_score(method, seed, x_train, test, a, figure=figure)
+    runs.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rec, indent=2))
+    return rec
+
+
+def summarize(recs: list[dict], a, *, data: str = "procedural dSprites cpu variant",
+              budget: str = "a CPU budget of under 2 minutes of training a run") -> dict:
+    """Mean, sample standard deviation, min and max over seeds of every metric and term,
+    per method, with the settings."""
     groups: dict[str, list[dict]] = {}
     for r in recs:
         groups.setdefault(r["method"], []).append(r)
@@ -227,11 +249,12 @@ def summarize(recs: list[dict], a) -> dict:
         row["metrics_cpu_seconds"] = statistics.fmean(r["metrics_cpu_seconds"] for r in rs)
         table[method] = row
     first = recs[0]
-    return {"note": "indicative metrics: CPU budget of about 2 minutes of training a run and "
-                    f"metric sizes num_train {first['metric_settings']['num_train']} / num_test "
+    size = " x ".join(map(str, first.get("image_size", [1, 32, 32])[1:]))
+    return {"note": f"indicative metrics: {budget} and metric sizes num_train "
+                    f"{first['metric_settings']['num_train']} / num_test "
                     f"{first['metric_settings']['num_test']} (disentanglement_lib: 10000 / 5000)",
-            "data": f"procedural dSprites cpu variant, {first['num_train_images']} training / "
-                    f"{first['num_test_images']} test images (32 x 32)",
+            "data": f"{data}, {first['num_train_images']} training / "
+                    f"{first['num_test_images']} test images ({size})",
             "model": first["model"], "epochs": first["epochs"], "batch_size": first["batch_size"],
             "steps": first["steps"], "metric_settings": first["metric_settings"],
             "methods": table}
@@ -249,12 +272,13 @@ def write_markdown(summary: dict, path: Path) -> None:
              "reconstruction": "E_q log p(x\\|z)", "kl": "KL", "elbo": "ELBO",
              "mutual_information": "index-code MI", "total_correlation": "TC",
              "dimensionwise_kl": "dim-wise KL", "active_units": "active units"}
-    lines = [f"# Disentanglement on procedural dSprites (indicative)", "",
+    lines = ["# Disentanglement on dSprites (indicative)", "",
              summary["note"] + ".", "",
-             f"Data: {summary['data']}. Model: MLP VAE {summary['model']}; Adam 1e-3, batch "
+             f"Data: {summary['data']}. Model: {summary['model']['network']} VAE "
+             f"{summary['model']}; Adam 1e-3, batch "
              f"{summary['batch_size']}, {summary['epochs']} epochs ({summary['steps']} steps). "
              "Cells: mean +- sample standard deviation over seeds (values per seed in "
-             "disent_results.json). Metrics on the guide means of the test images; nats for "
+             "the .json of the same name). Metrics on the guide means of the test images; nats for "
              "the ELBO terms (per image, test split; MI / TC / dimension-wise KL on the first "
              "1000 test images, MI at most log 1000 = 6.91).", ""]
     for keys, digits in ((METRICS, 3), (TERMS, 2)):
@@ -271,12 +295,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--num-train-images", type=int, default=None,
                    help="train on the first N training images (default: all 41472)")
-    p.add_argument("--metric-train", type=int, default=2000)
-    p.add_argument("--metric-test", type=int, default=1000)
+    p.add_argument("--metric-train", type=int, default=1000)
+    p.add_argument("--metric-test", type=int, default=500)
     p.add_argument("--out", default="benchmarks/results",
                    help="results folder (runs in OUT/disent_runs/)")
     p.add_argument("--figures", default="docs/figures")

@@ -14,7 +14,8 @@ from pyro.infer import Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 
 from lvm_pyro.data import Binarizer, load_dataset
 from lvm_pyro.guides import AmortizedNormalGuide, SigmoidBeliefNetGuide, VQEncoderGuide
-from lvm_pyro.inference import IWAE_ELBO, VIMCO, FreeBits_ELBO, KLWeighted_ELBO
+from lvm_pyro.inference import (IWAE_ELBO, VIMCO, Capacity_ELBO, CapacitySchedule, FreeBits_ELBO,
+                                KLWeighted_ELBO)
 from lvm_pyro.inference.score_function import ScoreFunctionGuide
 from lvm_pyro.models import (BernoulliLikelihood, GaussianLikelihood, SigmoidBeliefNetModel,
                              VAEModel, VQVAEModel)
@@ -81,6 +82,8 @@ OBJECTIVES = {
     "cyclical": (lambda: (*vae(), _cyclical()), "dynamic"),
     "free_bits_warmup": (lambda: (*vae(), _warmup(FreeBits_ELBO(0.5, max_plate_nesting=1))),
                          "dynamic"),
+    "capacity": (lambda: (*vae(), Capacity_ELBO(CapacitySchedule(5.0, 10), weight=2.0,
+                                                max_plate_nesting=1)), "dynamic"),
     "iwae_dreg": (lambda: (*vae(), IWAE_ELBO(num_particles=3, gradient="dreg")), "dynamic"),
     "dequantize_gaussian": (lambda: (*vae(GaussianLikelihood()), Trace_ELBO(max_plate_nesting=1)),
                             "dequantize"),

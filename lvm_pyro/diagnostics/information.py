@@ -24,7 +24,7 @@ estimator's bias bound and shrinks as M grows relative to e^{I}.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch.distributions import kl_divergence
@@ -188,23 +188,31 @@ def active_units(guide: Callable, x: torch.Tensor, *, threshold: float = ACTIVE_
     return ActiveUnits(int(active.sum()), var, active, float(threshold))
 
 
-def _aggregate_log_q(q, z: torch.Tensor, num_points: int, event_numel: int
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _aggregate_log_q(q, z: torch.Tensor, num_points: int, event_numel: int, *,
+                     leave_one_out: bool = True
+                     ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """For draws z (R, *event) with z_r drawn from q(. | x_{r mod M}): log q(z_r | x_own),
-    log (1/M) sum_j q(z_r | x_j) and log (1/(M-1)) sum_{j != own} q(z_r | x_j), each (R,),
-    float64. The (R, M) matrix of log q(z_r | x_j) is built in row chunks of at most
-    ``ELEMENT_BUDGET`` elements and never held whole."""
+    log (1/M) sum_j q(z_r | x_j) and (with ``leave_one_out``, else ``None``)
+    log (1/(M-1)) sum_{j != own} q(z_r | x_j), float64.
+
+    ``q`` has batch shape (M, *rest): the guide's q(z | x_j) (rest = (), each output (R,))
+    or its coordinates q(z_d | x_j) (rest = event shape, each output (R, *event): the
+    marginal mixtures q(z_d) of the total-correlation decomposition). The (R, M, *rest)
+    matrix of log q(z_r | x_j) is built in row chunks of at most ``ELEMENT_BUDGET``
+    elements and never held whole."""
     rows = max(1, ELEMENT_BUDGET // max(1, num_points * event_numel))
+    log_m = math.log(num_points)
     cond, agg, loo = [], [], []
     for s in range(0, z.shape[0], rows):
-        m = q.log_prob(z[s:s + rows].unsqueeze(1)).double()  # (r, M)
+        m = q.log_prob(z[s:s + rows].unsqueeze(1)).double()  # (r, M, *rest)
         own = torch.arange(s, s + m.shape[0]) % num_points
         r = torch.arange(m.shape[0])
-        cond.append(m[r, own])
-        agg.append(torch.logsumexp(m, -1) - math.log(num_points))
-        m[r, own] = -math.inf
-        loo.append(torch.logsumexp(m, -1) - math.log(num_points - 1))
-    return torch.cat(cond), torch.cat(agg), torch.cat(loo)
+        cond.append(m[r, own])  # (r, *rest)
+        agg.append(torch.logsumexp(m, 1) - log_m)
+        if leave_one_out:
+            m[r, own] = -math.inf
+            loo.append(torch.logsumexp(m, 1) - math.log(num_points - 1))
+    return torch.cat(cond), torch.cat(agg), torch.cat(loo) if leave_one_out else None
 
 
 class MutualInformation(NamedTuple):
@@ -408,7 +416,6 @@ def tc_decomposition(model: Callable, guide: Callable, x: torch.Tensor, *, num_s
         raise NotApplicableError(f"site {latent!r}: the total-correlation decomposition needs "
                                  f"the marginals q(z_d | x) and p(z_d): {e}") from e
     z = q.sample((num_samples,))  # (L, M, *event)
-    log_cond = q.log_prob(z).double()  # (L, M)
     log_prior = p.log_prob(z).double()  # (L, M)
     log_prior_d = pm.expand(qm.batch_shape).log_prob(z).double()  # (L, M, *event)
     event_dims = tuple(range(2, z.dim()))
@@ -416,17 +423,14 @@ def tc_decomposition(model: Callable, guide: Callable, x: torch.Tensor, *, num_s
         raise ValueError(f"the prior at site {latent!r} does not factorise over the latent's "
                          "coordinates (log p(z) != sum_d log p(z_d)); the dimension-wise KL "
                          "needs p(z) = prod_d p(z_d)")
-    flat = z.reshape(num_samples * num_points, *z.shape[2:])  # (R, *event)
+    flat = z.reshape(num_samples * num_points, *z.shape[2:])  # (R, *event), row l*M + i
     event_numel = max(1, math.prod(q.event_shape))
-    rows = max(1, ELEMENT_BUDGET // max(1, num_points * event_numel))
-    log_m = math.log(num_points)
-    agg, agg_d = [], []
-    for s in range(0, flat.shape[0], rows):
-        zc = flat[s:s + rows].unsqueeze(1)  # (r, 1, *event)
-        agg.append(torch.logsumexp(q.log_prob(zc).double(), 1) - log_m)  # (r,)
-        agg_d.append(torch.logsumexp(qm.log_prob(zc).double(), 1) - log_m)  # (r, *event)
-    log_agg = torch.cat(agg).reshape(num_samples, num_points)
-    log_agg_d = torch.cat(agg_d).reshape(z.shape)
+    log_cond, log_agg, _ = _aggregate_log_q(q, flat, num_points, event_numel,
+                                            leave_one_out=False)
+    _, log_agg_d, _ = _aggregate_log_q(qm, flat, num_points, event_numel, leave_one_out=False)
+    log_cond = log_cond.reshape(num_samples, num_points)  # log q(z | x_i), (L, M)
+    log_agg = log_agg.reshape(num_samples, num_points)  # log q(z), (L, M)
+    log_agg_d = log_agg_d.reshape(z.shape)  # log q(z_d), (L, M, *event)
     mi = log_cond - log_agg  # (L, M)
     tc = log_agg - log_agg_d.sum(event_dims)
     dw_d = log_agg_d - log_prior_d  # (L, M, *event)

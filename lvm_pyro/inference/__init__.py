@@ -18,19 +18,20 @@ from .importance import (ImportanceEstimate, RepeatedEstimates, effective_sample
                          repeated_importance_estimates)
 from .iwae import BiasedGradientWarning, IWAE_ELBO
 from .kl import per_dimension_kl
-from .kl_weighting import FreeBits_ELBO, KLWeighted_ELBO
+from .kl_weighting import Capacity_ELBO, FreeBits_ELBO, KLWeighted_ELBO
 from .lean_trace import LeanTrace_ELBO
 from .log_weights import LogWeights, guess_max_plate_nesting, log_weights
-from .schedules import ConstantSchedule, CyclicalSchedule, LinearWarmup, Schedule
+from .schedules import (CapacitySchedule, ConstantSchedule, CyclicalSchedule, LinearWarmup,
+                        Schedule)
 from .score_function import ScoreFunctionGuide, score_function
 from .tcvae import TCVAEForward, TCVAE_ELBO, TC_ESTIMATORS, log_importance_weight_matrix
 from .vimco import VIMCO
 
 __all__ = [
-    "AmortizationGap", "BiasedGradientWarning", "BitsPerDimOffset", "ConstantSchedule",
-    "CyclicalSchedule", "DiscretizedDensity", "ELBOParts", "FreeBits_ELBO", "GradientStats",
-    "IWAE_ELBO", "ImportanceEstimate", "KLWeighted_ELBO", "LeanTrace_ELBO", "LinearWarmup",
-    "LogWeights", "NLLReport",
+    "AmortizationGap", "BiasedGradientWarning", "BitsPerDimOffset", "CapacitySchedule",
+    "Capacity_ELBO", "ConstantSchedule", "CyclicalSchedule", "DiscretizedDensity", "ELBOParts",
+    "FreeBits_ELBO", "GradientStats", "IWAE_ELBO", "ImportanceEstimate", "KLWeighted_ELBO",
+    "LeanTrace_ELBO", "LinearWarmup", "LogWeights", "NLLReport",
     "NLLSummary", "RepeatedEstimates", "Schedule", "ScoreFunctionGuide", "TCVAEForward",
     "TCVAE_ELBO", "TC_ESTIMATORS", "VIMCO", "amortization_gap", "bits_per_dim",
     "bits_per_dim_offset", "discretize_observation", "discretized_log_likelihood",

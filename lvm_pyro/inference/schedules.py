@@ -1,5 +1,5 @@
-"""Schedules of a loss weight over optimiser steps: one interface for KL warm-up today and
-cyclical / capacity schedules next.
+"""Schedules of a loss weight (or target) over optimiser steps: one interface for KL
+warm-up, cyclical annealing and the capacity of Burgess et al. 2018.
 
 A schedule is a frozen dataclass with JSON-able fields and a ``__call__(t) -> float``,
 ``t`` = the number of optimiser steps already taken (``t = 0`` for the first step). It is
@@ -11,9 +11,12 @@ the objective that owns the schedule keeps and checkpoints
 * :class:`LinearWarmup` -- beta_t = value * min(1, t / T) (Bowman et al. 2015, sec. 3.1).
 * :class:`CyclicalSchedule` -- beta_t = value * min(1, tau_t / R),
   tau_t = (t mod P) / P (Fu et al. 2019, eq. 6, with the linear ramp f(tau) = tau / R).
+* :class:`CapacitySchedule` -- the KL target C_t = C_max * min(1, t / T) in nats
+  (Burgess et al. 2018, sec. 5, eq. 8; used by
+  :class:`lvm_pyro.inference.kl_weighting.Capacity_ELBO`).
 
-A new schedule (e.g. the capacity schedule of Burgess et al. 2018) is one more subclass of
-:class:`Schedule` with its fields validated in ``__post_init__``; :func:`schedule_to_dict`
+A new schedule is one more subclass of :class:`Schedule` with its fields validated in
+``__post_init__``; :func:`schedule_to_dict`
 and :func:`schedule_from_dict` serialise every subclass without further registration.
 """
 
@@ -24,7 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Schedule", "ConstantSchedule", "LinearWarmup", "CyclicalSchedule",
+__all__ = ["Schedule", "ConstantSchedule", "LinearWarmup", "CyclicalSchedule", "CapacitySchedule",
            "schedule_to_dict", "schedule_from_dict"]
 
 
@@ -146,6 +149,45 @@ class CyclicalSchedule(Schedule):
         t = _check_step(t)
         tau = (t % self.period) / self.period
         return float(self.value) * min(1.0, tau / self.ramp_fraction)
+
+
+@dataclass(frozen=True)
+class CapacitySchedule(Schedule):
+    """The capacity C_t of Burgess et al. 2018 ("Understanding disentangling in beta-VAE",
+    sec. 5, eq. 8): the target of the KL term, in nats per datapoint, rising linearly from
+    0 to ``capacity_max`` over ``capacity_steps`` optimiser steps and constant after:
+
+        C_t = capacity_max * min(1, t / capacity_steps)      (C_t = capacity_max when T = 0)
+
+    (their dSprites runs: C_max = 25 nats over 100000 steps, with gamma = 1000.) The
+    objective that uses it is :class:`~lvm_pyro.inference.kl_weighting.Capacity_ELBO`.
+
+    Args:
+        capacity_max: C_max, nats per datapoint, a finite float >= 0.
+        capacity_steps: T, an integer >= 0 (optimiser steps).
+
+    Raises:
+        ValueError: a negative / non-finite ``capacity_max`` or a negative / non-integer
+            ``capacity_steps``; on a call, a negative or non-integer step.
+    """
+
+    capacity_max: float = 25.0
+    capacity_steps: int = 0
+
+    def __post_init__(self):
+        _check_nonnegative_real("capacity_max", self.capacity_max)
+        _check_step_count("capacity_steps", self.capacity_steps, 0)
+
+    @property
+    def value(self) -> float:
+        """The final capacity C_max (nats), the value every schedule reaches or tops at."""
+        return float(self.capacity_max)
+
+    def __call__(self, t: int) -> float:
+        t = _check_step(t)
+        if self.capacity_steps == 0:
+            return float(self.capacity_max)
+        return float(self.capacity_max) * min(1.0, t / self.capacity_steps)
 
 
 def _subclasses(cls: type) -> dict[str, type]:

@@ -588,7 +588,10 @@ def build_objective(config: RunConfig | ObjectiveConfig | Mapping, *,
     constant 1 wraps it in :class:`~lvm_pyro.inference.KLWeighted_ELBO` with the schedule
     of :func:`kl_schedule` (``kl_schedule``: constant beta; linear warm-up over
     ``kl_warmup`` optimiser steps, beta_t = beta * min(1, t / T), Bowman et al. 2015;
-    cyclical annealing, Fu et al. 2019). The defaults return the plain objective.
+    cyclical annealing, Fu et al. 2019). ``capacity_max`` (Burgess et al. 2018, eq. 8)
+    replaces a trace / meanfield objective by :class:`~lvm_pyro.inference.Capacity_ELBO`
+    with ``CapacitySchedule(capacity_max, capacity_steps)`` and weight
+    ``capacity_weight``. The defaults return the plain objective.
     Importance-weighted objectives (IWAE, VIMCO) have no KL term: their configs have no
     such fields. A builder that takes a ``num_data`` keyword (beta-TCVAE) gets the
     training-set size.
@@ -604,7 +607,7 @@ def build_objective(config: RunConfig | ObjectiveConfig | Mapping, *,
     """
     import inspect
 
-    from ..inference import FreeBits_ELBO, KLWeighted_ELBO
+    from ..inference import Capacity_ELBO, CapacitySchedule, FreeBits_ELBO, KLWeighted_ELBO
 
     run = None if isinstance(config, ObjectiveConfig) else as_run_config(config)
     obj = config if run is None else run.objective
@@ -620,6 +623,10 @@ def build_objective(config: RunConfig | ObjectiveConfig | Mapping, *,
     free_bits = getattr(obj, "free_bits", 0.0)
     if free_bits > 0:
         elbo = FreeBits_ELBO(free_bits, num_particles=obj.num_particles, max_plate_nesting=1)
+    if getattr(obj, "capacity_max", None) is not None:  # validated: beta 1, no schedule
+        return Capacity_ELBO(CapacitySchedule(obj.capacity_max, obj.capacity_steps),
+                             obj.capacity_weight, num_particles=obj.num_particles,
+                             max_plate_nesting=1)
     if hasattr(obj, "kl_schedule") and (obj.beta != 1.0 or obj.kl_schedule != "constant"):
         total = None
         if run is not None and num_data is not None:

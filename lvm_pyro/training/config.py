@@ -507,16 +507,44 @@ class _KLWeightedConfig(ObjectiveConfig):
 @dataclass(frozen=True)
 class TraceConfig(_KLWeightedConfig):
     """Pyro's ``Trace_ELBO`` (Kingma & Welling 2013, eq. 3) with beta, warm-up and free
-    bits lambda (Kingma et al. 2016, eq. 15: the KL term sum_j max(lambda, E_batch KL_j))."""
+    bits lambda (Kingma et al. 2016, eq. 15: the KL term sum_j max(lambda, E_batch KL_j)),
+    or the controlled capacity of Burgess et al. 2018 (eq. 8: the KL term
+    gamma |E_batch KL - C_t|, C_t = capacity_max * min(1, t / capacity_steps)).
+
+    Raises:
+        ConfigError: a field out of range; ``capacity_steps`` without ``capacity_max``;
+            ``capacity_max`` with beta != 1, a KL schedule or free bits.
+    """
 
     name: ClassVar[str] = "trace"
     free_bits: float = option(0.0, "free bits lambda, nats per latent dimension (0: off)")
+    capacity_max: Optional[float] = option(
+        None, "controlled capacity (Burgess et al. 2018, eq. 8): train on E log p(x|z) - "
+              "gamma |KL - C_t| with the KL target C_t rising linearly from 0 to this many "
+              "nats per datapoint (default: off)")
+    capacity_steps: int = option(0, "OPTIMISER STEPS over which the capacity C_t rises to "
+                                    "--capacity-max (0: C_max from the start)")
+    capacity_weight: float = option(1000.0, "gamma of the capacity objective (Burgess et al. "
+                                            "use 1000 on dSprites)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _at_least(self, "free_bits", 0.0)
         if not math.isfinite(self.free_bits):
             raise ConfigError("free_bits", f"must be finite, got {self.free_bits!r}")
+        _at_least(self, "capacity_max", 0.0, allow_none=True)
+        if self.capacity_max is not None and not math.isfinite(self.capacity_max):
+            raise ConfigError("capacity_max", f"must be finite, got {self.capacity_max!r}")
+        _integer(self, "capacity_steps", 0)
+        _positive(self, "capacity_weight")
+        if self.capacity_max is None:
+            if self.capacity_steps != 0:
+                raise ConfigError("capacity_steps", "applies only with --capacity-max C_max")
+            return
+        if self.beta != 1.0 or self.kl_schedule != "constant" or self.free_bits > 0:
+            raise ConfigError("capacity_max", "replaces the KL weighting: it does not combine "
+                                              "with --beta != 1, a KL schedule or --free-bits "
+                                              "(its weight is --capacity-weight)")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ Setup (the same for every row; one CPU thread):
   al. 2019, Algorithm 1) with at most 5 encoder-only steps per step (the paper: 100),
   windows of 2 steps.
 * evaluation: test NLL = -log p(x) by importance sampling with the guide as proposal,
-  K = ``--num-samples`` (100), on the first ``--num-test`` (500) test images; test ELBO,
+  K = ``--num-samples`` (100), on the first ``--num-test`` (200) test images; test ELBO,
   KL = E_x KL(q(z | x) || p(z)) (closed form), I_q(x; z) (the minibatch estimator of He et
   al. 2019 eq. 4 over M = ``--num-info`` test points, at most log M; with its
   leave-one-out upper bound) and active units (Burda et al. 2015: Cov_x E_q[z_d] > 0.01)
@@ -364,7 +364,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--num-train", type=int, default=10_000)
-    ap.add_argument("--num-test", type=int, default=500, help="test images for the IS NLL")
+    ap.add_argument("--num-test", type=int, default=200, help="test images for the IS NLL")
     ap.add_argument("--num-samples", type=int, default=100, help="K of the IS NLL")
     ap.add_argument("--num-info", type=int, default=2000,
                     help="test images for ELBO, KL, I(x;z) and active units")

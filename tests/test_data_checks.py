@@ -123,3 +123,36 @@ def test_program_without_check_data_keeps_per_step_checks(monkeypatch):
     t.fit(bits(), 2)
     # every step checks (the discovery pass may trace a plain function more than once)
     assert calls["model"] >= 1 + 8 and calls["guide"] >= 1 + 8, calls
+
+
+def test_sbn_checks_once_per_epoch_and_direct_calls_still_check(monkeypatch):
+    from lvm_pyro.guides import SigmoidBeliefNetGuide
+    from lvm_pyro.models import SigmoidBeliefNetModel
+
+    def sbn():
+        torch.manual_seed(0)
+        return (SigmoidBeliefNetModel(MLP((3,), (), (1, *EVENT)), [3], EVENT, []),
+                SigmoidBeliefNetGuide([MLP(EVENT, (), (3,))], [3]))
+
+    x = bits()
+    x[120, 0, 0, 0] = 0.5
+    model, guide = sbn()
+    t = trainer(model, guide, binarization="none")
+    with pytest.raises(ValueError, match="site 'x'.*Bernoulli likelihood needs binary data"):
+        t.fit(x, 1)
+    assert t.step == 0
+    with pytest.raises(ValueError, match="[Bb]inaris"):
+        model(x[100:130])
+    calls = {"n": 0}
+    check = SigmoidBeliefNetModel._check
+
+    def counted(self, data):
+        calls["n"] += 1
+        return check(self, data)
+
+    monkeypatch.setattr(SigmoidBeliefNetModel, "_check", counted)
+    x[120, 0, 0, 0] = 1.0
+    model, guide = sbn()
+    t = trainer(model, guide, binarization="none")
+    t.fit(x, 2)
+    assert t.step == 8 and calls["n"] == 1 + 2  # discovery + one per epoch, none per step

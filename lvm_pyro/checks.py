@@ -49,9 +49,11 @@ def skip_data_checks() -> Iterator[None]:
         _state.skipping -= 1
 
 
-def validate_data(programs: Sequence[Any], x: torch.Tensor) -> bool:
-    """Run ``check_data(x)`` of every program that has one, on the whole data set ``x``
-    (N, *event_shape).
+def validate_data(programs: Sequence[Any], x: torch.Tensor, *,
+                  max_elements: int = 1 << 24) -> bool:
+    """Run ``check_data`` of every program that has one on the whole data set ``x``
+    (N, *event_shape), in row chunks of at most ``max_elements`` entries (at least one
+    row) so that the checks' temporaries stay small for large data sets.
 
     Returns:
         ``True`` when every program exposes ``check_data`` (so their per-call checks may
@@ -59,13 +61,17 @@ def validate_data(programs: Sequence[Any], x: torch.Tensor) -> bool:
         program without it checks per call, or not at all; keep the checks on).
 
     Raises:
-        ValueError: the data fail a program's check (its own message).
+        ValueError: the data fail a program's check (its own message, about the chunk
+            holding the first bad row); ``max_elements`` < 1.
     """
-    trusted = True
-    for program in programs:
-        check = getattr(program, "check_data", None)
+    if max_elements < 1:
+        raise ValueError(f"max_elements must be >= 1, got {max_elements}")
+    checks = [getattr(program, "check_data", None) for program in programs]
+    row = max(1, x[0].numel()) if x.dim() > 0 and len(x) else 1
+    rows = max(1, max_elements // row)
+    chunks = x.split(rows) if x.dim() > 0 and len(x) else (x,)
+    for check in checks:
         if callable(check):
-            check(x)
-        else:
-            trusted = False
-    return trusted
+            for chunk in chunks:
+                check(chunk)
+    return all(callable(check) for check in checks)

@@ -32,7 +32,7 @@ def bits(n=200):
 
 
 @pytest.mark.parametrize("lik, bad, message", [
-    (GaussianLikelihood(), float("nan"), "site 'x'.*NaN"),
+    (GaussianLikelihood(), float("nan"), "site 'x': the guide's input contains NaN"),
     (BernoulliLikelihood(), 0.5, "site 'x'.*Bernoulli likelihood needs binary data"),
 ])
 @pytest.mark.parametrize("elbo", [Trace_ELBO, lambda: IWAE_ELBO(num_particles=3)])
@@ -156,3 +156,16 @@ def test_sbn_checks_once_per_epoch_and_direct_calls_still_check(monkeypatch):
     t = trainer(model, guide, binarization="none")
     t.fit(x, 2)
     assert t.step == 8 and calls["n"] == 1 + 2  # discovery + one per epoch, none per step
+
+
+def test_validate_data_in_chunks_finds_a_bad_last_row():
+    model, guide = vae(GaussianLikelihood())
+    x = bits(10)
+    x[9, 0, 3, 3] = float("inf")
+    for max_elements in (1, 16, 17, 100, 10 ** 6):  # 1 row, 1 row, 1 row, 6 rows, all
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            validate_data((model, guide), x, max_elements=max_elements)
+    x[9, 0, 3, 3] = 0.0
+    assert validate_data((model, guide), x, max_elements=17) is True
+    with pytest.raises(ValueError, match="max_elements"):
+        validate_data((model, guide), x, max_elements=0)

@@ -460,9 +460,10 @@ class Trainer:
             while self.epoch < epochs:
                 t0 = time.perf_counter()
                 x_epoch = self.transform(x)
-                # the programs' data checks once on the whole epoch's set (the same errors,
-                # before any step), then none per step (lvm_pyro.checks)
-                self._data_validated = validate_data((self.model, self.guide), x_epoch)
+                # the programs' data checks once on the whole epoch's set (guide first, as a
+                # step runs them: the same errors, before any step), then none per step
+                # (lvm_pyro.checks)
+                self._data_validated = validate_data((self.guide, self.model), x_epoch)
                 perm = torch.randperm(n, generator=self.shuffle).to(x.device)
                 total, count, losses, weights = 0.0, 0, [], []
                 for start in range(0, n, self.batch_size):

@@ -50,6 +50,7 @@ from pyro.infer import SVI, JitTrace_ELBO, RenyiELBO, Trace_ELBO
 from pyro.optim import Adam as PyroAdam
 from torch import nn
 
+from lvm_pyro.checks import validate_data
 from lvm_pyro.data import binarize_test, load_dataset
 from lvm_pyro.inference import IWAE_ELBO, log_marginal_likelihood, summarize_nll
 from lvm_pyro.training import Trainer
@@ -247,6 +248,8 @@ def toy_step_times(steps, rounds):
         t = Trainer(model, guide, Trace_ELBO(), lr=LR, batch_size=128, progress=False,
                     divergence_tolerance=None)
         t.fit(x[:256], 1)  # discovery, first steps
+        # as inside fit: the data checked once, the steps without per-batch checks
+        t._data_validated = validate_data((model, guide), x)
         idx = torch.arange(128)
         for name, fn in (("plain", lambda i: plain_step(x[idx + 128 * (i % 40)])),
                          ("lvm_pyro", lambda i: t._step(x[idx + 128 * (i % 40)], len(x),
@@ -271,6 +274,7 @@ def profile_steps(x, k, steps=200):
     t = Trainer(model, guide, Trace_ELBO() if k == 1 else IWAE_ELBO(num_particles=k), lr=LR,
                 batch_size=BATCH, progress=False, divergence_tolerance=None)
     t.fit(x[:200], 1)
+    t._data_validated = validate_data((model, guide), xb)  # as inside fit
     net = PlainVAE()
     opt = torch.optim.Adam(net.parameters(), lr=LR)
     xf = xb.flatten(1)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from pyro.nn import PyroModule
 from torch import nn
 
+from ..checks import data_checks_enabled
 from ..sites import LATENT, data_plate
 
 __all__ = ["AmortizedNormalGuide"]
@@ -38,8 +39,9 @@ class AmortizedNormalGuide(PyroModule):
         self.z_dim = int(z_dim)
         self.min_scale = float(min_scale)
 
-    def loc_scale(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loc, scale) of q(z | x), each (batch, z_dim), for x (batch, *event_shape).
+    def check_data(self, x: torch.Tensor) -> None:
+        """The check ``forward`` runs on its input, on a whole data set x (N,
+        *event_shape) (see :mod:`lvm_pyro.checks`).
 
         Raises:
             ValueError: x contains NaN or infinite values.
@@ -47,6 +49,17 @@ class AmortizedNormalGuide(PyroModule):
         if not bool(torch.isfinite(x).all()):
             raise ValueError("site 'x': the guide's input contains NaN or infinite values; "
                              "clean or impute the data before training")
+
+    def loc_scale(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loc, scale) of q(z | x), each (batch, z_dim), for x (batch, *event_shape).
+
+        Raises:
+            ValueError: x contains NaN or infinite values (not checked inside
+                :func:`lvm_pyro.checks.skip_data_checks`, for data already passed through
+                :meth:`check_data`).
+        """
+        if data_checks_enabled():
+            self.check_data(x)
         h = self.encoder(x)  # (batch, 2, z_dim)
         if h.shape[-2:] != (2, self.z_dim):
             raise ValueError(f"encoder must output (..., 2, {self.z_dim}), got {tuple(h.shape)}")

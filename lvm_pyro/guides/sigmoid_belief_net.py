@@ -79,6 +79,11 @@ class SigmoidBeliefNetGuide(PyroModule):
         self.z_dims = z_dims
         self.site_names = [LATENT] + [f"{LATENT}{l + 1}" for l in range(1, len(z_dims))]
 
+    def check_data(self, x: torch.Tensor) -> None:
+        """This guide runs no data checks of its own (the model checks x); present so
+        that a caller who validated the data set once may skip the model's per-call
+        checks (:mod:`lvm_pyro.checks`)."""
+
     def forward(self, x: torch.Tensor, *, num_data: Optional[int] = None,
                 idx: Optional[torch.Tensor] = None) -> torch.Tensor:
         scale = 1.0 if num_data is None else num_data / x.shape[0]

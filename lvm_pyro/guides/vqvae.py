@@ -64,6 +64,11 @@ class VQEncoderGuide(PyroModule):
             raise ValueError(f"encoder must output (batch, D, h, w), got {tuple(z_e.shape)}")
         return self.quantizer(z_e)
 
+    def check_data(self, x: torch.Tensor) -> None:
+        """This guide runs no data checks of its own (the model checks x); present so
+        that a caller who validated the data set once may skip the model's per-call
+        checks (:mod:`lvm_pyro.checks`)."""
+
     def forward(self, x: torch.Tensor, *, num_data: Optional[int] = None,
                 idx: Optional[torch.Tensor] = None) -> QuantizerOutput:
         out = self.encode(x)

@@ -66,6 +66,11 @@ class VQVAE2Guide(PyroModule):
         bottom = self.quantizer_bottom(self.encoder.bottom(h, top.quantized))
         return VQVAE2Encoding(top, bottom)
 
+    def check_data(self, x: torch.Tensor) -> None:
+        """This guide runs no data checks of its own (the model checks x); present so
+        that a caller who validated the data set once may skip the model's per-call
+        checks (:mod:`lvm_pyro.checks`)."""
+
     def forward(self, x: torch.Tensor, *, num_data: Optional[int] = None,
                 idx: Optional[torch.Tensor] = None) -> VQVAE2Encoding:
         out = self.encode(x)

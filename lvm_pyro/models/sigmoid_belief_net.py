@@ -16,6 +16,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from ..sites import LATENT, OBS, data_plate
+from ..checks import data_checks_enabled
 from .likelihoods import BernoulliLikelihood, check_observations
 
 __all__ = ["SigmoidBeliefNetModel", "sbn_site_names"]
@@ -76,9 +77,20 @@ class SigmoidBeliefNetModel(PyroModule):
     def _check(self, x: torch.Tensor) -> None:
         check_observations(x, self.event_shape, self.likelihood, "SigmoidBeliefNetModel")
 
+    def check_data(self, x: torch.Tensor) -> None:
+        """The checks ``forward`` runs on its data (skipped inside
+        :func:`lvm_pyro.checks.skip_data_checks`), on a whole data set x (N,
+        *event_shape).
+
+        Raises:
+            ValueError: x has the wrong shape or values outside the likelihood's support.
+        """
+        self._check(x)
+
     def forward(self, x: torch.Tensor, *, num_data: Optional[int] = None,
                 idx: Optional[torch.Tensor] = None) -> None:
-        self._check(x)
+        if data_checks_enabled():
+            self._check(x)
         names = self.site_names
         with data_plate(x, num_data, idx):
             z = pyro.sample(names[-1], dist.Bernoulli(logits=self.prior_logits).to_event(1))

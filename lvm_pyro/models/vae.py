@@ -11,6 +11,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from ..sites import LATENT, OBS, data_plate
+from ..checks import data_checks_enabled
 from .likelihoods import Likelihood, check_observations
 
 __all__ = ["VAEModel"]
@@ -32,7 +33,9 @@ class VAEModel(PyroModule):
         likelihood: a :class:`~lvm_pyro.models.likelihoods.Likelihood`.
 
     ``forward(x, *, num_data=None, idx=None)``: x (batch, *event_shape) float; raises
-    ValueError when x is outside the likelihood's support or has the wrong shape.
+    ValueError when x is outside the likelihood's support or has the wrong shape (unless
+    inside :func:`lvm_pyro.checks.skip_data_checks`, for data already passed through
+    :meth:`check_data`).
     """
 
     def __init__(self, decoder: nn.Module, z_dim: int, event_shape: Sequence[int],
@@ -48,9 +51,19 @@ class VAEModel(PyroModule):
     def _check(self, x: torch.Tensor) -> None:
         check_observations(x, self.event_shape, self.likelihood, "VAEModel")
 
+    def check_data(self, x: torch.Tensor) -> None:
+        """The checks ``forward`` runs on its data, on a whole data set x (N,
+        *event_shape) (see :mod:`lvm_pyro.checks`).
+
+        Raises:
+            ValueError: x has the wrong shape or values outside the likelihood's support.
+        """
+        self._check(x)
+
     def forward(self, x: torch.Tensor, *, num_data: Optional[int] = None,
                 idx: Optional[torch.Tensor] = None) -> None:
-        self._check(x)
+        if data_checks_enabled():
+            self._check(x)
         zero = x.new_zeros(())
         with data_plate(x, num_data, idx):
             z = pyro.sample(LATENT, dist.Normal(zero, 1.0).expand([self.z_dim]).to_event(1))

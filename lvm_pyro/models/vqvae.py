@@ -13,6 +13,7 @@ from torch import nn
 from ..nn.quantizer import VectorQuantizer
 from ..sites import CODES, OBS, QUANTIZED, data_plate
 from .codes_prior import ModuleCodesPrior
+from ..checks import data_checks_enabled
 from .likelihoods import Likelihood, check_observations
 
 __all__ = ["VQVAEModel"]
@@ -82,9 +83,20 @@ class VQVAEModel(PyroModule):
     def _check(self, x: torch.Tensor) -> None:
         check_observations(x, self.event_shape, self.likelihood, "VQVAEModel")
 
+    def check_data(self, x: torch.Tensor) -> None:
+        """The checks ``forward`` runs on its data (skipped inside
+        :func:`lvm_pyro.checks.skip_data_checks`), on a whole data set x (N,
+        *event_shape).
+
+        Raises:
+            ValueError: x has the wrong shape or values outside the likelihood's support.
+        """
+        self._check(x)
+
     def forward(self, x: torch.Tensor, *, num_data: Optional[int] = None,
                 idx: Optional[torch.Tensor] = None) -> None:
-        self._check(x)
+        if data_checks_enabled():
+            self._check(x)
         with data_plate(x, num_data, idx):
             codes = pyro.sample(CODES, self.codes_distribution())  # (..., batch, h, w)
             e = self.quantizer.lookup_grid(codes).detach()  # (..., batch, D, h, w)

@@ -15,6 +15,7 @@ from torch import nn
 from ..nn.quantizer import VectorQuantizer
 from ..sites import CODES_BOTTOM, CODES_TOP, OBS, QUANTIZED_BOTTOM, QUANTIZED_TOP, data_plate
 from .codes_prior import ModuleCodesPrior
+from ..checks import data_checks_enabled
 from .likelihoods import Likelihood, check_observations
 
 __all__ = ["VQVAE2Model"]
@@ -112,9 +113,20 @@ class VQVAE2Model(PyroModule):
     def _check(self, x: torch.Tensor) -> None:
         check_observations(x, self.event_shape, self.likelihood, "VQVAE2Model")
 
+    def check_data(self, x: torch.Tensor) -> None:
+        """The checks ``forward`` runs on its data (skipped inside
+        :func:`lvm_pyro.checks.skip_data_checks`), on a whole data set x (N,
+        *event_shape).
+
+        Raises:
+            ValueError: x has the wrong shape or values outside the likelihood's support.
+        """
+        self._check(x)
+
     def forward(self, x: torch.Tensor, *, num_data: Optional[int] = None,
                 idx: Optional[torch.Tensor] = None) -> None:
-        self._check(x)
+        if data_checks_enabled():
+            self._check(x)
         with data_plate(x, num_data, idx):
             codes_top = pyro.sample(CODES_TOP, self.top_distribution())  # (..., batch, h_t, w_t)
             e_top = self.quantizer_top.lookup_grid(codes_top).detach()  # (..., batch, D, h_t, w_t)

@@ -33,6 +33,7 @@ from pyro.infer import ELBO, Trace_ELBO
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
+from ..checks import skip_data_checks, validate_data
 from ..data.binarize import Binarizer
 from ..inference.lean_trace import LeanTrace_ELBO
 from ..inference.program import (accepted_keywords, adapt_program, check_dtypes,
@@ -150,7 +151,11 @@ class Trainer:
             first (parameter-discovery) pass runs validated, so a program with bad shapes
             or out-of-support values fails there with Pyro's message, and the training
             steps then run without the per-site checks (a third of a small VAE's step
-            time here; our models check their data's support themselves).
+            time here; our models check their data's support themselves). Those data
+            checks run once per epoch on the whole transformed training set, before the
+            epoch's first step, through each program's ``check_data``, and the steps then
+            run inside :func:`lvm_pyro.checks.skip_data_checks`; when the model or guide
+            has no ``check_data`` every step keeps its own checks.
         divergence_tolerance: warn (:class:`DivergenceWarning`) when the training loss
             rises for a whole epoch: the median per-step loss of an epoch exceeds the
             previous epoch's (for the first epoch: the loss of the very first step, with
@@ -240,6 +245,7 @@ class Trainer:
         self.param_names: list[str] = []
         self._store_size = 0
         self._checked_registration = False
+        self._data_validated = False  # this epoch's set passed the programs' check_data
         # Loss reported per datapoint: the ELBO estimate is scaled to N when the programs
         # take num_data, else it is the minibatch sum.
         self._scaled = ("num_data" in accepted_keywords(model) and
@@ -419,7 +425,9 @@ class Trainer:
 
         Raises:
             ValueError: ``epochs`` < 0; ``x`` not a tensor or empty (see
-                :meth:`prepare_data`); data the transform refuses (integer, NaN or
+                :meth:`prepare_data`); data the model's or guide's ``check_data``
+                refuses (raised before the epoch's first step); data the transform
+                refuses (integer, NaN or
                 outside [0, 1] when binarising / dequantising).
             FloatingPointError: the loss becomes NaN or infinite.
             CheckpointError: resuming from a checkpoint that does not match.
@@ -452,6 +460,10 @@ class Trainer:
             while self.epoch < epochs:
                 t0 = time.perf_counter()
                 x_epoch = self.transform(x)
+                # the programs' data checks once on the whole epoch's set (guide first, as a
+                # step runs them: the same errors, before any step), then none per step
+                # (lvm_pyro.checks)
+                self._data_validated = validate_data((self.guide, self.model), x_epoch)
                 perm = torch.randperm(n, generator=self.shuffle).to(x.device)
                 total, count, losses, weights = 0.0, 0, [], []
                 for start in range(0, n, self.batch_size):
@@ -491,6 +503,7 @@ class Trainer:
                     self.save()
         finally:
             bar.close()
+            self._data_validated = False
         return self.history
 
     def prepare_data(self, x: torch.Tensor) -> torch.Tensor:
@@ -564,7 +577,9 @@ class Trainer:
         data parallelism ``idx`` is this rank's shard of a global minibatch of
         ``global_size`` rows (possibly empty) and the loss returned is the global one."""
         recorder = None if self._checked_registration or len(idx) == 0 else _LeafRecorder()
-        with pyro.validation_enabled(self.validate), recorder or contextlib.nullcontext():
+        checks = skip_data_checks() if self._data_validated else contextlib.nullcontext()
+        with pyro.validation_enabled(self.validate), recorder or contextlib.nullcontext(), \
+                checks:
             loss = (self._objective.loss_and_grads(self._model, self._guide, xb, num_data=n,
                                                    idx=idx)
                     if len(idx) else 0.0)  # an empty shard: no loss, zero gradient

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from lvm_pyro.guides import CompositeGuide, UniformDequantizer
-from lvm_pyro.inference import log_marginal_likelihood, log_weights
+from lvm_pyro.inference import log_weights
 from lvm_pyro.inference.discretized import (DiscretizedDensity, discretize_observation,
                                             discretized_log_likelihood)
 from lvm_pyro.models import DequantizedModel

@@ -8,7 +8,6 @@ differ only by floating-point summation order (float64 here, tolerance 1e-6).
 
 from __future__ import annotations
 
-import math
 
 import pyro
 import pyro.distributions as dist

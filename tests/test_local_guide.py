@@ -9,7 +9,7 @@ from pyro.infer import Trace_ELBO
 
 from lvm_pyro.data import binarize_test, load_dataset
 from lvm_pyro.guides import LocalNormalGuide
-from lvm_pyro.inference import amortization_gap, elbo_per_datapoint, fit_local_guide
+from lvm_pyro.inference import amortization_gap, fit_local_guide
 from lvm_pyro.models import LinearGaussianModel
 from lvm_pyro.training import Trainer
 from lvm_pyro.training.builders import build_elbo, build_vae

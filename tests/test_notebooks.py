@@ -1,6 +1,5 @@
 """Every notebook runs in smoke mode (LVM_PYRO_SMOKE=1: small sizes, same code path)."""
 
-import os
 from pathlib import Path
 
 import nbformat

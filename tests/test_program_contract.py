@@ -10,14 +10,14 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoDelta, AutoDiagonalNormal, AutoNormal
-from pyro.nn import PyroModule, PyroParam
+from pyro.nn import PyroModule
 
 from lvm_pyro.diagnostics import active_units, importance_diagnostics, mutual_information, to_datatree
 from lvm_pyro.guides import LinearGaussianPosteriorGuide
 from lvm_pyro.inference import (VIMCO, IWAE_ELBO, elbo_per_datapoint, log_marginal_likelihood,
                                 log_weights)
 from lvm_pyro.inference.iwae import SharedParameterWarning
-from lvm_pyro.inference.program import ProgramContractError, accepted_keywords, program_kwargs
+from lvm_pyro.inference.program import accepted_keywords, program_kwargs
 from lvm_pyro.models import GaussianMixtureModel, LinearGaussianModel
 from lvm_pyro.sites import data_plate
 from lvm_pyro.training import Trainer

@@ -266,3 +266,14 @@ def test_fit_evaluate_and_fit_prior_report_one_bound_alike(tmp_path):
         fit["test_reconstruction_bits_per_dim"], rel=1e-5)
     assert prior["two_stage_nll"] == pytest.approx(prior["reconstruction_nll"] + prior["prior_nll"],
                                                    abs=1e-3)
+
+
+@pytest.mark.parametrize("model", ["vqvae", "vqvae2", "flow", "sbn"])
+def test_aggressive_encoder_is_refused_for_models_without_a_gaussian_z(model):
+    """Aggressive training judges encoder steps by I_q(x; z): a model with no Gaussian 'z'
+    is refused when the configuration is built, before a run directory is written."""
+    from lvm_pyro.training.config import MODEL_CONFIGS, ConfigError, RunConfig, TrainConfig
+
+    with pytest.raises(ConfigError, match="aggressive_encoder.*Gaussian latent 'z'"):
+        RunConfig(model=MODEL_CONFIGS[model](), train=TrainConfig(aggressive_encoder=True))
+    RunConfig(model=MODEL_CONFIGS["vae"](), train=TrainConfig(aggressive_encoder=True))

@@ -824,6 +824,11 @@ def _objective_cls(name: str) -> type:
     return OBJECTIVE_CONFIGS[name]
 
 
+#: Registered models without a Gaussian latent "z", for which aggressive inference-network
+#: training (He et al. 2019, Algorithm 1: encoder-only steps judged by I_q(x; z)) is undefined.
+NO_GAUSSIAN_Z_MODELS = ("flow", "sbn", "vqvae", "vqvae2")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """A whole run: model, objective, data and training configurations, with every
@@ -862,6 +867,11 @@ class RunConfig:
             raise ConfigError("binarization", f"must be none with --dequantization "
                                               f"{self.model.dequantization}: the model adds "
                                               "the noise u to the raw levels itself")
+        if self.train.aggressive_encoder and self.model_name in NO_GAUSSIAN_Z_MODELS:
+            raise ConfigError("aggressive_encoder", f"needs a model with a Gaussian latent "
+                                                    f"'z' (vae, pixelvae, a user model); "
+                                                    f"{self.model_name} has none: drop "
+                                                    "--aggressive-encoder")
         if self.data.binarization is None:
             likelihood = getattr(self.model, "likelihood", None)
             transform = default_transform(likelihood)

@@ -87,7 +87,7 @@ def test_skip_switch_is_explicit_scoped_and_nestable():
 
 def _count_checks(monkeypatch):
     calls = {"model": 0, "guide": 0}
-    model_check, guide_check = VAEModel._check, AmortizedNormalGuide.check_data
+    model_check, guide_check = VAEModel.check_data, AmortizedNormalGuide.check_data
 
     def counted_model(self, x):
         calls["model"] += 1
@@ -97,7 +97,7 @@ def _count_checks(monkeypatch):
         calls["guide"] += 1
         return guide_check(self, x)
 
-    monkeypatch.setattr(VAEModel, "_check", counted_model)
+    monkeypatch.setattr(VAEModel, "check_data", counted_model)
     monkeypatch.setattr(AmortizedNormalGuide, "check_data", counted_guide)
     return calls
 
@@ -144,13 +144,13 @@ def test_sbn_checks_once_per_epoch_and_direct_calls_still_check(monkeypatch):
     with pytest.raises(ValueError, match="[Bb]inaris"):
         model(x[100:130])
     calls = {"n": 0}
-    check = SigmoidBeliefNetModel._check
+    check = SigmoidBeliefNetModel.check_data
 
     def counted(self, data):
         calls["n"] += 1
         return check(self, data)
 
-    monkeypatch.setattr(SigmoidBeliefNetModel, "_check", counted)
+    monkeypatch.setattr(SigmoidBeliefNetModel, "check_data", counted)
     x[120, 0, 0, 0] = 1.0
     model, guide = sbn()
     t = trainer(model, guide, binarization="none")

@@ -32,6 +32,21 @@ def check_observations(x: torch.Tensor, event_shape: tuple, likelihood: "Likelih
     likelihood.check_support(x, "x")
 
 
+class ObservationChecks:
+    """Mixin of the models whose data check is :func:`check_observations` on
+    ``self.event_shape`` and ``self.likelihood``: ``check_data(x)`` runs it on a batch or a
+    whole data set x (N, *event_shape) (the Trainer calls it once per epoch;
+    ``forward`` calls it unless :func:`lvm_pyro.checks.skip_data_checks` is active).
+
+    Raises (``check_data``):
+        ValueError: x has the wrong shape or values outside the likelihood's support.
+    """
+
+    def check_data(self, x: torch.Tensor) -> None:
+        """:func:`check_observations` of x, naming the model's class in the error."""
+        check_observations(x, self.event_shape, self.likelihood, type(self).__name__)
+
+
 class Likelihood:
     """Base class. Subclasses set ``num_params`` (P) and ``discrete`` and implement
     :meth:`dist` and :meth:`check_support`."""

@@ -25,7 +25,7 @@ from ..nn.pixelcnn_sampling import inverse_cdf, sample_cached, sample_naive
 from ..sites import LATENT, OBS, data_plate
 from ..checks import data_checks_enabled
 from .likelihoods import (BernoulliLikelihood, DiscretizedLogisticLikelihood, Likelihood,
-                          check_observations, make_likelihood)
+                          ObservationChecks, make_likelihood)
 
 __all__ = ["PixelCNNDecoderVAE"]
 
@@ -33,7 +33,7 @@ __all__ = ["PixelCNNDecoderVAE"]
 DEFAULT_MAX_BATCH = 4096
 
 
-class PixelCNNDecoderVAE(PyroModule):
+class PixelCNNDecoderVAE(ObservationChecks, PyroModule):
     """VAE whose decoder is a PixelCNN over the pixels, conditioned on z::
 
         z ~ N(0, I_{z_dim})                                        site "z"
@@ -170,23 +170,10 @@ class PixelCNNDecoderVAE(PyroModule):
         :meth:`decoder_params`."""
         return self.likelihood(self.decoder_params(x, z), len(self.event_shape))
 
-    def _check(self, x: torch.Tensor) -> None:
-        check_observations(x, self.event_shape, self.likelihood, "PixelCNNDecoderVAE")
-
-    def check_data(self, x: torch.Tensor) -> None:
-        """The checks ``forward`` runs on its data (skipped inside
-        :func:`lvm_pyro.checks.skip_data_checks`), on a whole data set x (N,
-        *event_shape).
-
-        Raises:
-            ValueError: x has the wrong shape or values outside the likelihood's support.
-        """
-        self._check(x)
-
     def forward(self, x: torch.Tensor, *, num_data: Optional[int] = None,
                 idx: Optional[torch.Tensor] = None) -> None:
         if data_checks_enabled():
-            self._check(x)
+            self.check_data(x)
         zero = x.new_zeros(())
         with data_plate(x, num_data, idx):
             z = pyro.sample(LATENT, dist.Normal(zero, 1.0).expand([self.z_dim]).to_event(1))

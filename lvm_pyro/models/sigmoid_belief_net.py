@@ -17,7 +17,7 @@ from torch import nn
 
 from ..sites import LATENT, OBS, data_plate
 from ..checks import data_checks_enabled
-from .likelihoods import BernoulliLikelihood, check_observations
+from .likelihoods import BernoulliLikelihood, ObservationChecks
 
 __all__ = ["SigmoidBeliefNetModel", "sbn_site_names"]
 
@@ -30,7 +30,7 @@ def sbn_site_names(num_layers: int) -> list[str]:
     return [LATENT] + [f"{LATENT}{l + 1}" for l in range(1, num_layers)]
 
 
-class SigmoidBeliefNetModel(PyroModule):
+class SigmoidBeliefNetModel(ObservationChecks, PyroModule):
     """Sigmoid belief network with one or more layers of Bernoulli latents::
 
         z_L ~ Bernoulli(sigmoid(prior_logits))                    top layer, site "z<L>"
@@ -74,23 +74,10 @@ class SigmoidBeliefNetModel(PyroModule):
         self.prior_logits = nn.Parameter(torch.zeros(z_dims[-1]))
         self.site_names = sbn_site_names(len(z_dims))
 
-    def _check(self, x: torch.Tensor) -> None:
-        check_observations(x, self.event_shape, self.likelihood, "SigmoidBeliefNetModel")
-
-    def check_data(self, x: torch.Tensor) -> None:
-        """The checks ``forward`` runs on its data (skipped inside
-        :func:`lvm_pyro.checks.skip_data_checks`), on a whole data set x (N,
-        *event_shape).
-
-        Raises:
-            ValueError: x has the wrong shape or values outside the likelihood's support.
-        """
-        self._check(x)
-
     def forward(self, x: torch.Tensor, *, num_data: Optional[int] = None,
                 idx: Optional[torch.Tensor] = None) -> None:
         if data_checks_enabled():
-            self._check(x)
+            self.check_data(x)
         names = self.site_names
         with data_plate(x, num_data, idx):
             z = pyro.sample(names[-1], dist.Bernoulli(logits=self.prior_logits).to_event(1))

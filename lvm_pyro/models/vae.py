@@ -12,12 +12,12 @@ from torch import nn
 
 from ..sites import LATENT, OBS, data_plate
 from ..checks import data_checks_enabled
-from .likelihoods import Likelihood, check_observations
+from .likelihoods import Likelihood, ObservationChecks
 
 __all__ = ["VAEModel"]
 
 
-class VAEModel(PyroModule):
+class VAEModel(ObservationChecks, PyroModule):
     """VAE generative model::
 
         z ~ N(0, I_{z_dim})                    site "z"
@@ -48,22 +48,10 @@ class VAEModel(PyroModule):
         self.event_shape = tuple(event_shape)
         self.likelihood = likelihood
 
-    def _check(self, x: torch.Tensor) -> None:
-        check_observations(x, self.event_shape, self.likelihood, "VAEModel")
-
-    def check_data(self, x: torch.Tensor) -> None:
-        """The checks ``forward`` runs on its data, on a whole data set x (N,
-        *event_shape) (see :mod:`lvm_pyro.checks`).
-
-        Raises:
-            ValueError: x has the wrong shape or values outside the likelihood's support.
-        """
-        self._check(x)
-
     def forward(self, x: torch.Tensor, *, num_data: Optional[int] = None,
                 idx: Optional[torch.Tensor] = None) -> None:
         if data_checks_enabled():
-            self._check(x)
+            self.check_data(x)
         zero = x.new_zeros(())
         with data_plate(x, num_data, idx):
             z = pyro.sample(LATENT, dist.Normal(zero, 1.0).expand([self.z_dim]).to_event(1))

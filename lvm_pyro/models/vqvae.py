@@ -14,12 +14,12 @@ from ..nn.quantizer import VectorQuantizer
 from ..sites import CODES, OBS, QUANTIZED, data_plate
 from .codes_prior import ModuleCodesPrior
 from ..checks import data_checks_enabled
-from .likelihoods import Likelihood, check_observations
+from .likelihoods import Likelihood, ObservationChecks
 
 __all__ = ["VQVAEModel"]
 
 
-class VQVAEModel(PyroModule):
+class VQVAEModel(ObservationChecks, PyroModule):
     """VQ-VAE generative model::
 
         codes ~ Uniform{0..K-1}^(h x w)  (or ``prior``)   site "codes", log p = -h w log K
@@ -80,23 +80,10 @@ class VQVAEModel(PyroModule):
             return dist.Categorical(logits=logits).to_event(2)
         return ModuleCodesPrior(self.prior, self.latent_shape, self.codebook_size)
 
-    def _check(self, x: torch.Tensor) -> None:
-        check_observations(x, self.event_shape, self.likelihood, "VQVAEModel")
-
-    def check_data(self, x: torch.Tensor) -> None:
-        """The checks ``forward`` runs on its data (skipped inside
-        :func:`lvm_pyro.checks.skip_data_checks`), on a whole data set x (N,
-        *event_shape).
-
-        Raises:
-            ValueError: x has the wrong shape or values outside the likelihood's support.
-        """
-        self._check(x)
-
     def forward(self, x: torch.Tensor, *, num_data: Optional[int] = None,
                 idx: Optional[torch.Tensor] = None) -> None:
         if data_checks_enabled():
-            self._check(x)
+            self.check_data(x)
         with data_plate(x, num_data, idx):
             codes = pyro.sample(CODES, self.codes_distribution())  # (..., batch, h, w)
             e = self.quantizer.lookup_grid(codes).detach()  # (..., batch, D, h, w)
@@ -107,7 +94,7 @@ class VQVAEModel(PyroModule):
     def reconstruction_log_prob(self, x: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
         """log p(x | z_q) per datapoint (nats): x (batch, *event_shape), z_q
         (batch, D, h, w) -> (batch,)."""
-        self._check(x)
+        self.check_data(x)
         params = self.decoder(z_q)
         return self.likelihood(params, len(self.event_shape)).log_prob(x)
 

@@ -16,7 +16,7 @@ from ..nn.quantizer import VectorQuantizer
 from ..sites import CODES_BOTTOM, CODES_TOP, OBS, QUANTIZED_BOTTOM, QUANTIZED_TOP, data_plate
 from .codes_prior import ModuleCodesPrior
 from ..checks import data_checks_enabled
-from .likelihoods import Likelihood, check_observations
+from .likelihoods import Likelihood, ObservationChecks
 
 __all__ = ["VQVAE2Model"]
 
@@ -28,7 +28,7 @@ def _grid(shape: Sequence[int], name: str) -> tuple[int, int]:
     return shape
 
 
-class VQVAE2Model(PyroModule):
+class VQVAE2Model(ObservationChecks, PyroModule):
     """Two-level VQ-VAE generative model::
 
         codes_top ~ Uniform{0..K_t-1}^(h_t x w_t)  (or ``prior_top``)          site "codes_top"
@@ -110,23 +110,10 @@ class VQVAE2Model(PyroModule):
             return dist.Categorical(logits=logits).to_event(2)
         return ModuleCodesPrior(self.prior_bottom, self.bottom_shape, k, context=codes_top)
 
-    def _check(self, x: torch.Tensor) -> None:
-        check_observations(x, self.event_shape, self.likelihood, "VQVAE2Model")
-
-    def check_data(self, x: torch.Tensor) -> None:
-        """The checks ``forward`` runs on its data (skipped inside
-        :func:`lvm_pyro.checks.skip_data_checks`), on a whole data set x (N,
-        *event_shape).
-
-        Raises:
-            ValueError: x has the wrong shape or values outside the likelihood's support.
-        """
-        self._check(x)
-
     def forward(self, x: torch.Tensor, *, num_data: Optional[int] = None,
                 idx: Optional[torch.Tensor] = None) -> None:
         if data_checks_enabled():
-            self._check(x)
+            self.check_data(x)
         with data_plate(x, num_data, idx):
             codes_top = pyro.sample(CODES_TOP, self.top_distribution())  # (..., batch, h_t, w_t)
             e_top = self.quantizer_top.lookup_grid(codes_top).detach()  # (..., batch, D, h_t, w_t)
@@ -141,7 +128,7 @@ class VQVAE2Model(PyroModule):
                                 z_q_bottom: torch.Tensor) -> torch.Tensor:
         """log p(x | z_q_top, z_q_bottom) per datapoint (nats): x (batch, *event_shape),
         z_q_top (batch, D, h_t, w_t), z_q_bottom (batch, D, h_b, w_b) -> (batch,)."""
-        self._check(x)
+        self.check_data(x)
         params = self.decoder(z_q_top, z_q_bottom)
         return self.likelihood(params, len(self.event_shape)).log_prob(x)
 

@@ -63,7 +63,8 @@ class AmortizedNormalGuide(PyroModule):
         h = self.encoder(x)  # (batch, 2, z_dim)
         if h.shape[-2:] != (2, self.z_dim):
             raise ValueError(f"encoder must output (..., 2, {self.z_dim}), got {tuple(h.shape)}")
-        return h[..., 0, :], F.softplus(h[..., 1, :]) + self.min_scale
+        loc, raw = h.unbind(-2)  # one view backward, not two zero-filled selects
+        return loc, F.softplus(raw) + self.min_scale
 
     def forward(self, x: torch.Tensor, *, num_data: Optional[int] = None,
                 idx: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -169,3 +169,19 @@ def test_validate_data_in_chunks_finds_a_bad_last_row():
     assert validate_data((model, guide), x, max_elements=17) is True
     with pytest.raises(ValueError, match="max_elements"):
         validate_data((model, guide), x, max_elements=0)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_all_finite_agrees_with_isfinite(bad, dtype):
+    from lvm_pyro.checks import all_finite
+
+    x = torch.rand(7, 5, dtype=torch.float64).to(dtype)
+    assert all_finite(x) is True
+    for i in (0, 17, 34):  # first, middle, last entry
+        y = x.clone()
+        y.view(-1)[i] = bad
+        assert all_finite(y) is False
+        assert not bool(torch.isfinite(y).all())
+    assert all_finite(torch.arange(5)) is True
+    assert all_finite(torch.empty(0, 3, dtype=dtype)) is True

@@ -19,12 +19,15 @@ def _check_intensities(x: torch.Tensor, what: str) -> None:
     if not torch.is_floating_point(x):
         raise ValueError(f"{what} needs floating-point intensities in [0, 1], got dtype {x.dtype}; "
                          "convert first, e.g. x.float() / 255 for 8-bit pixels")
-    nan = torch.isnan(x)
-    if bool(nan.any()):
+    if x.numel() == 0:
+        return
+    lo, hi = torch.aminmax(x)  # one pass; NaN propagates into both
+    if bool(torch.isnan(lo) | torch.isnan(hi)):
+        nan = torch.isnan(x)
         first = tuple(int(i) for i in nan.nonzero()[0])
         raise ValueError(f"{what}: the data holds {int(nan.sum())} NaN value(s) (first at index "
                          f"{first}); drop or repair those pixels first")
-    if bool((x < 0).any()) or bool((x > 1).any()):
+    if bool(lo < 0) or bool(hi > 1):
         raise ValueError(f"{what} needs intensities in [0, 1], got values in "
                          f"[{float(x.min()):.4g}, {float(x.max()):.4g}]: for pixel data rescale "
                          "the data first; for real-valued data use a continuous likelihood "

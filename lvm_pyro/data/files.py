@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..checks import all_finite
 from .datasets import DatasetNotFoundError, ImageDataset
 
 __all__ = ["DATA_SUFFIXES", "load_data_file", "split_indices"]
@@ -118,7 +119,7 @@ def load_data_file(path: str | Path, split: str = "train", *, split_seed: int = 
     elif x.dtype in (torch.bool,) or x.is_complex():
         raise ValueError(f"{path}: data of dtype {x.dtype} are not supported; convert to float")
     x = x.float()
-    if not bool(torch.isfinite(x).all()):
+    if not all_finite(x):
         raise ValueError(f"{path}: the data hold NaN or infinite values")
     idx = split_indices(len(x), split, split_seed=split_seed, test_fraction=test_fraction)
     return ImageDataset(x[idx], labels[idx], 256, str(path), str(path))

@@ -8,16 +8,16 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from pyro.nn import PyroModule
 from torch import nn
 
-from ..checks import data_checks_enabled
+from ..checks import all_finite, data_checks_enabled
 from ..sites import LATENT, data_plate
+from ..registration import CachedPyroModule
 
 __all__ = ["AmortizedNormalGuide"]
 
 
-class AmortizedNormalGuide(PyroModule):
+class AmortizedNormalGuide(CachedPyroModule):
     """Amortised guide::
 
         loc, raw = encoder(x)                  encoder: (..., *event_shape) -> (..., 2, z_dim)
@@ -46,7 +46,7 @@ class AmortizedNormalGuide(PyroModule):
         Raises:
             ValueError: x contains NaN or infinite values.
         """
-        if not bool(torch.isfinite(x).all()):
+        if not all_finite(x):
             raise ValueError("site 'x': the guide's input contains NaN or infinite values; "
                              "clean or impute the data before training")
 

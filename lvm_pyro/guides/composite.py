@@ -12,11 +12,12 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from ..sites import DATA_PLATE, program_kwargs
+from ..registration import CachedPyroModule
 
 __all__ = ["CompositeGuide"]
 
 
-class CompositeGuide(PyroModule):
+class CompositeGuide(CachedPyroModule):
     """Runs guides one after another on the same x, e.g. a dequantiser (site ``"u"``)
     and a VAE encoder (site ``"z"``) for a dequantised VAE::
 

@@ -15,14 +15,15 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
-from pyro.nn import PyroModule, PyroParam
+from pyro.nn import PyroParam
 
 from ..sites import LATENT, data_plate
+from ..registration import CachedPyroModule
 
 __all__ = ["LocalNormalGuide"]
 
 
-class LocalNormalGuide(PyroModule):
+class LocalNormalGuide(CachedPyroModule):
     """Per-datapoint guide::
 
         q(z | x_i) = N(z; loc[i], diag(scale[i]^2))      site "z", inside the "data" plate

@@ -8,11 +8,11 @@ from typing import Optional, Sequence
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule
 from torch import nn
 
 from ..nn import MLP
 from ..sites import LATENT, data_plate
+from ..registration import CachedPyroModule
 
 __all__ = ["SigmoidBeliefNetGuide", "InputBaseline"]
 
@@ -35,7 +35,7 @@ class InputBaseline(nn.Module):
         return self.net(x).squeeze(-1) * self.output_scale
 
 
-class SigmoidBeliefNetGuide(PyroModule):
+class SigmoidBeliefNetGuide(CachedPyroModule):
     """Bernoulli encoder q(z_1, ..., z_L | x), bottom-up::
 
         z_1 ~ Bernoulli(sigmoid(encoders[0](x)))            site "z"

@@ -16,13 +16,14 @@ import pyro
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
-from pyro.nn import ConditionalAutoRegressiveNN, DenseNN, PyroModule
+from pyro.nn import ConditionalAutoRegressiveNN, DenseNN
 from torch import nn
 
 from ..data.levels import to_levels
 from ..nn.context_cnn import ContextCNN
 from ..nn.mlp import MLP
 from ..sites import NOISE, data_plate
+from ..registration import CachedPyroModule
 
 __all__ = ["UniformDequantizer", "VariationalDequantizer"]
 
@@ -41,7 +42,7 @@ class _FiniteLogistic(dist.Logistic):
         return self.icdf(u)
 
 
-class UniformDequantizer(PyroModule):
+class UniformDequantizer(CachedPyroModule):
     """Uniform dequantisation as a guide::
 
         u ~ U[0, 1)^D        site "u", inside the "data" plate (log q(u | x) = 0)
@@ -62,7 +63,7 @@ class UniformDequantizer(PyroModule):
             return pyro.sample(NOISE, dist.Uniform(zeros, zeros + 1).to_event(len(event_shape)))
 
 
-class VariationalDequantizer(PyroModule):
+class VariationalDequantizer(CachedPyroModule):
     """Learned dequantisation noise q(u | x) on [0, 1)^D as a conditional flow
     (Flow++, Ho et al. 2019, sec. 3.1)::
 

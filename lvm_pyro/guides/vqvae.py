@@ -8,11 +8,11 @@ from typing import Optional
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule
 from torch import nn
 
 from ..nn.quantizer import QuantizerOutput, VectorQuantizer
 from ..sites import CODES, QUANTIZED, auxiliary_factor, data_plate
+from ..registration import CachedPyroModule
 
 __all__ = ["VQEncoderGuide", "CODEBOOK_FACTOR", "COMMITMENT_FACTOR"]
 
@@ -20,7 +20,7 @@ __all__ = ["VQEncoderGuide", "CODEBOOK_FACTOR", "COMMITMENT_FACTOR"]
 CODEBOOK_FACTOR, COMMITMENT_FACTOR = "vq_codebook", "vq_commitment"
 
 
-class VQEncoderGuide(PyroModule):
+class VQEncoderGuide(CachedPyroModule):
     """Guide of :class:`lvm_pyro.models.VQVAEModel`::
 
         z_e = encoder(x)                                  (batch, D, h, w)

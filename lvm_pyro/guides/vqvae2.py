@@ -9,10 +9,10 @@ from typing import NamedTuple, Optional
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule
 from torch import nn
 
 from ..nn.quantizer import QuantizerOutput, VectorQuantizer
+from ..registration import CachedPyroModule
 from ..sites import (CODES_BOTTOM, CODES_TOP, QUANTIZED_BOTTOM, QUANTIZED_TOP, auxiliary_factor,
                      data_plate)
 
@@ -28,7 +28,7 @@ class VQVAE2Encoding(NamedTuple):
     bottom: QuantizerOutput
 
 
-class VQVAE2Guide(PyroModule):
+class VQVAE2Guide(CachedPyroModule):
     """Guide of :class:`lvm_pyro.models.VQVAE2Model`::
 
         h = encoder.features(x);  z_e_top = encoder.top(h)

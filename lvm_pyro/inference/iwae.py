@@ -215,6 +215,11 @@ class IWAE_ELBO(ParticleELBO):
     def __repr__(self) -> str:
         return f"IWAE_ELBO(num_particles={self.num_particles}, gradient={self.gradient!r})"
 
+    @property
+    def param_sites_read(self) -> bool:
+        """DReG and STL detach the parameters the traces' param sites name."""
+        return self.gradient != "standard"
+
     # -- one vectorised pass ---------------------------------------------------------
     def _on_discover(self, info: ProgramInfo) -> None:
         if self.gradient == "standard" or not info.shared_params:

@@ -125,6 +125,10 @@ class LeanTrace_ELBO(Trace_ELBO):
         ValueError / RuntimeError: as ``Trace_ELBO`` (Pyro's messages), on the full path.
     """
 
+    #: reads param sites only to learn whether any were read
+    #: (:func:`lvm_pyro.registration.objective_allows_cached_registration`)
+    param_sites_read = False
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._structures: dict = {}

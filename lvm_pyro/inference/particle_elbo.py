@@ -53,6 +53,11 @@ class ParticleELBO(ELBO):
         ValueError: K not an integer >= ``min_particles``; ``max_plate_nesting < 1``.
     """
 
+    #: whether the objective reads its programs' param sites beyond "some were read"
+    #: (:func:`lvm_pyro.registration.objective_allows_cached_registration`); a subclass
+    #: that looks the parameters up in the traces sets it to True
+    param_sites_read = False
+
     def __init__(self, num_particles: int, *, max_plate_nesting: Optional[int] = None,
                  min_particles: int = 1, why: str = "", vectorize_particles: bool = True):
         if isinstance(num_particles, bool) or int(num_particles) != num_particles \

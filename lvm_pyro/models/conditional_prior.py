@@ -9,18 +9,18 @@ from typing import Any, Optional, Sequence
 import pyro
 import torch
 import torch.nn.functional as F
-from pyro.nn import PyroModule
 
 from ..nn.code_conditioner import CodeConditioner
 from ..nn.pixelcnn import GatedPixelCNN
 from ..sites import CODES_BOTTOM, data_plate
 from .codes_prior import ModuleCodesPrior
 from .pixelcnn_prior import _check_codes, _sampler
+from ..registration import CachedPyroModule
 
 __all__ = ["ConditionalPixelCNNPrior"]
 
 
-class ConditionalPixelCNNPrior(PyroModule):
+class ConditionalPixelCNNPrior(CachedPyroModule):
     """Gated PixelCNN prior over a grid of codes given a coarser grid of codes::
 
         s = CodeConditioner(context)                       (B, S, H, W), context (B, h, w)

@@ -27,11 +27,11 @@ import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
-from pyro.nn import PyroModule
 from pyro.poutine.messenger import Messenger
 
 from ..data.levels import to_levels
 from ..sites import DATA_PLATE, NOISE, OBS, data_plate, program_kwargs
+from ..registration import CachedPyroModule
 
 __all__ = ["DequantizedModel"]
 
@@ -65,7 +65,7 @@ class _ScoreAtDequantized(Messenger):
         self.seen = True
 
 
-class DequantizedModel(PyroModule):
+class DequantizedModel(CachedPyroModule):
     """Dequantised model of L-level data k, wrapping a density model over y in R^D::
 
         u ~ U[0, 1)^D                          site "u", inside the "data" plate

@@ -9,19 +9,20 @@ import pyro
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
-from pyro.nn import PyroModule
 from torch import nn
 from torch.distributions.transforms import ComposeTransform, Transform
 
 from ..nn.coupling_net import CouplingConvNet
 from ..nn.flow_layers import ChannelSubset, Squeeze2d
+from ..checks import all_finite
 from ..sites import OBS, data_plate
 from .dequantization import DequantizedModel
+from ..registration import CachedPyroModule
 
 __all__ = ["PixelFlowDensity", "FlowModel"]
 
 
-class PixelFlowDensity(PyroModule):
+class PixelFlowDensity(CachedPyroModule):
     """Density p(y) over images y in R^{C x H x W} (RealNVP's multi-scale architecture,
     Dinh et al. 2017, sec. 3.6), written as the map f from data to latent::
 
@@ -110,7 +111,7 @@ class PixelFlowDensity(PyroModule):
         if tuple(x.shape[1:]) != self.event_shape:
             raise ValueError(f"PixelFlowDensity expects x of shape (batch, {self.event_shape}), "
                              f"got {tuple(x.shape)}")
-        if not bool(torch.isfinite(x).all()):
+        if not all_finite(x):
             raise ValueError(f"site '{OBS}': data contain NaN or infinite values")
         self.couplings  # noqa: B018 (registers the coupling parameters with Pyro)
         with data_plate(x, num_data, idx):

@@ -17,9 +17,10 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
-from pyro.nn import PyroModule, PyroParam
+from pyro.nn import PyroParam
 
 from ..sites import LATENT, OBS, data_plate
+from ..registration import CachedPyroModule
 
 __all__ = ["GaussianMixtureModel", "COVARIANCE_TYPES"]
 
@@ -29,7 +30,7 @@ COVARIANCE_TYPES = ("full", "diag")
 _LIVE: "weakref.WeakSet[GaussianMixtureModel]" = weakref.WeakSet()
 
 
-class GaussianMixtureModel(PyroModule):
+class GaussianMixtureModel(CachedPyroModule):
     """Mixture of ``num_components`` Gaussians in ``dim`` dimensions::
 
         z ~ Categorical(weights)             site "z", infer={"enumerate": "parallel"}

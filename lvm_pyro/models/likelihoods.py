@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 import pyro.distributions as dist
 
+from ..checks import all_finite
 from ..data.levels import off_grid
 
 __all__ = ["Likelihood", "BernoulliLikelihood", "IndependentBernoulli", "GaussianLikelihood", "make_likelihood",
@@ -150,7 +151,7 @@ class GaussianLikelihood(Likelihood):
         if not torch.is_floating_point(x):
             raise ValueError(f"site '{site}': Gaussian likelihood needs floating-point data, "
                              f"got {x.dtype}; convert with x.float()")
-        if not bool(torch.isfinite(x).all()):
+        if not all_finite(x):
             raise ValueError(f"site '{site}': data contain NaN or infinite values")
 
     def mean(self, params, event_ndim):
@@ -401,7 +402,7 @@ class FullCovarianceGaussianLikelihood(Likelihood):
         if x.dim() != 2 or x.shape[-1] != self.dim:
             raise ValueError(f"site '{site}': gaussian_full needs vector data (batch, "
                              f"{self.dim}), got {tuple(x.shape)}")
-        if not bool(torch.isfinite(x).all()):
+        if not all_finite(x):
             raise ValueError(f"site '{site}': data contain NaN or infinite values")
 
     def mean(self, params, event_ndim):

@@ -14,14 +14,14 @@ from typing import Optional
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule
 
 from ..sites import LATENT, OBS, data_plate
+from ..registration import CachedPyroModule
 
 __all__ = ["LinearGaussianModel"]
 
 
-class LinearGaussianModel(PyroModule):
+class LinearGaussianModel(CachedPyroModule):
     """Linear-Gaussian model with exact :meth:`log_prob` and :meth:`posterior`.
 
     Args:

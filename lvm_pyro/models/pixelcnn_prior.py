@@ -15,13 +15,13 @@ from typing import Any, Optional, Sequence
 import pyro
 import torch
 import torch.nn.functional as F
-from pyro.nn import PyroModule
 from pyro.poutine.messenger import Messenger
 
 from ..nn.pixelcnn import GatedPixelCNN
 from ..nn.pixelcnn_sampling import sample_cached, sample_naive
 from ..sites import CODES, data_plate
 from .codes_prior import ModuleCodesPrior
+from ..registration import CachedPyroModule
 
 __all__ = ["GatedPixelCNNPrior", "CodesPrior"]
 
@@ -59,7 +59,7 @@ def _sampler(net: GatedPixelCNN, grid_shape: tuple[int, int], num_samples: int, 
     return (sample_cached if method == "cached" else sample_naive), uniforms
 
 
-class GatedPixelCNNPrior(PyroModule):
+class GatedPixelCNNPrior(CachedPyroModule):
     """Gated PixelCNN prior over code grids::
 
         codes[i, j] | codes[<(i, j)] ~ Categorical(logits = PixelCNN(codes)[:, i, j])

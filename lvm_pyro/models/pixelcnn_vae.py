@@ -18,10 +18,10 @@ from typing import Any, Optional, Sequence, Union
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule
 
 from ..nn.pixelcnn import GatedPixelCNN
 from ..nn.pixelcnn_sampling import inverse_cdf, sample_cached, sample_naive
+from ..registration import CachedPyroModule
 from ..sites import LATENT, OBS, data_plate
 from ..checks import data_checks_enabled
 from .likelihoods import (BernoulliLikelihood, DiscretizedLogisticLikelihood, Likelihood,
@@ -33,7 +33,7 @@ __all__ = ["PixelCNNDecoderVAE"]
 DEFAULT_MAX_BATCH = 4096
 
 
-class PixelCNNDecoderVAE(ObservationChecks, PyroModule):
+class PixelCNNDecoderVAE(ObservationChecks, CachedPyroModule):
     """VAE whose decoder is a PixelCNN over the pixels, conditioned on z::
 
         z ~ N(0, I_{z_dim})                                        site "z"

@@ -12,12 +12,12 @@ from typing import Optional, Sequence
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule
 from torch import nn
 
 from ..sites import LATENT, OBS, data_plate
 from ..checks import data_checks_enabled
 from .likelihoods import BernoulliLikelihood, ObservationChecks
+from ..registration import CachedPyroModule
 
 __all__ = ["SigmoidBeliefNetModel", "sbn_site_names"]
 
@@ -30,7 +30,7 @@ def sbn_site_names(num_layers: int) -> list[str]:
     return [LATENT] + [f"{LATENT}{l + 1}" for l in range(1, num_layers)]
 
 
-class SigmoidBeliefNetModel(ObservationChecks, PyroModule):
+class SigmoidBeliefNetModel(ObservationChecks, CachedPyroModule):
     """Sigmoid belief network with one or more layers of Bernoulli latents::
 
         z_L ~ Bernoulli(sigmoid(prior_logits))                    top layer, site "z<L>"

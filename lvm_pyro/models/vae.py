@@ -7,17 +7,17 @@ from typing import Optional, Sequence
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule
 from torch import nn
 
 from ..sites import LATENT, OBS, data_plate
 from ..checks import data_checks_enabled
 from .likelihoods import Likelihood, ObservationChecks
+from ..registration import CachedPyroModule
 
 __all__ = ["VAEModel"]
 
 
-class VAEModel(ObservationChecks, PyroModule):
+class VAEModel(ObservationChecks, CachedPyroModule):
     """VAE generative model::
 
         z ~ N(0, I_{z_dim})                    site "z"

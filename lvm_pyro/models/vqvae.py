@@ -7,7 +7,6 @@ from typing import Optional, Sequence
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule
 from torch import nn
 
 from ..nn.quantizer import VectorQuantizer
@@ -15,11 +14,12 @@ from ..sites import CODES, OBS, QUANTIZED, data_plate
 from .codes_prior import ModuleCodesPrior
 from ..checks import data_checks_enabled
 from .likelihoods import Likelihood, ObservationChecks
+from ..registration import CachedPyroModule
 
 __all__ = ["VQVAEModel"]
 
 
-class VQVAEModel(ObservationChecks, PyroModule):
+class VQVAEModel(ObservationChecks, CachedPyroModule):
     """VQ-VAE generative model::
 
         codes ~ Uniform{0..K-1}^(h x w)  (or ``prior``)   site "codes", log p = -h w log K

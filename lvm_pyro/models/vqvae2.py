@@ -9,7 +9,6 @@ from typing import Optional, Sequence
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule
 from torch import nn
 
 from ..nn.quantizer import VectorQuantizer
@@ -17,6 +16,7 @@ from ..sites import CODES_BOTTOM, CODES_TOP, OBS, QUANTIZED_BOTTOM, QUANTIZED_TO
 from .codes_prior import ModuleCodesPrior
 from ..checks import data_checks_enabled
 from .likelihoods import Likelihood, ObservationChecks
+from ..registration import CachedPyroModule
 
 __all__ = ["VQVAE2Model"]
 
@@ -28,7 +28,7 @@ def _grid(shape: Sequence[int], name: str) -> tuple[int, int]:
     return shape
 
 
-class VQVAE2Model(ObservationChecks, PyroModule):
+class VQVAE2Model(ObservationChecks, CachedPyroModule):
     """Two-level VQ-VAE generative model::
 
         codes_top ~ Uniform{0..K_t-1}^(h_t x w_t)  (or ``prior_top``)          site "codes_top"

@@ -34,6 +34,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from ..checks import skip_data_checks, validate_data
+from ..registration import cached_registration, objective_allows_cached_registration
 from ..data.binarize import Binarizer
 from ..inference.lean_trace import LeanTrace_ELBO
 from ..inference.program import (accepted_keywords, adapt_program, check_dtypes,
@@ -578,8 +579,10 @@ class Trainer:
         ``global_size`` rows (possibly empty) and the loss returned is the global one."""
         recorder = None if self._checked_registration or len(idx) == 0 else _LeafRecorder()
         checks = skip_data_checks() if self._data_validated else contextlib.nullcontext()
+        cache = (cached_registration() if objective_allows_cached_registration(self._objective)
+                 else contextlib.nullcontext())  # the whole param store is optimised
         with pyro.validation_enabled(self.validate), recorder or contextlib.nullcontext(), \
-                checks:
+                checks, cache:
             loss = (self._objective.loss_and_grads(self._model, self._guide, xb, num_data=n,
                                                    idx=idx)
                     if len(idx) else 0.0)  # an empty shard: no loss, zero gradient

@@ -34,7 +34,6 @@ from typing import Optional
 import pyro
 import torch
 from pyro.infer import Trace_ELBO
-from pyro.nn import PyroModule
 
 from ..guides.empty import EmptyGuide
 from ..inference import log_weights
@@ -44,6 +43,7 @@ from ..sites import CODES_BOTTOM, CODES_TOP, data_plate
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import PriorConfig
 from .loop import Trainer
+from ..registration import CachedPyroModule
 
 __all__ = ["TwoLevelPriorProgram", "encode_two_levels", "fit_vqvae2_priors",
            "load_vqvae2_priors", "sample_codes", "mixture_priors", "is_vqvae2"]
@@ -58,7 +58,7 @@ def is_vqvae2(model) -> bool:
     return isinstance(model, VQVAE2Model)
 
 
-class TwoLevelPriorProgram(PyroModule):
+class TwoLevelPriorProgram(CachedPyroModule):
     """The stage-two program of both priors over packed data::
 
         codes_top ~ prior_top(. | y)                        site "codes_top"    (observed)

@@ -204,12 +204,20 @@ def svi_epochs(x, epochs, k, jit=False, seed=0):
 
 
 # -- ours -------------------------------------------------------------------------------
-def ours_epochs(x, epochs, k, seed=0, cfg=CFG, batch=BATCH):
+def ours_epochs(x, epochs, k, seed=0, cfg=CFG, batch=BATCH, compiled=False):
+    """Our Trainer; ``compiled``: ``Trainer(compile_networks=True)`` warmed up (compiled)
+    on one epoch of the first 200 images before the clock starts."""
     pyro.clear_param_store()
     model, guide = build_vae(cfg, x.shape[1:])
     elbo = Trace_ELBO() if k == 1 else IWAE_ELBO(num_particles=k)
     t = Trainer(model, guide, elbo, lr=LR, batch_size=batch, seed=seed, progress=False,
-                divergence_tolerance=None)
+                divergence_tolerance=None, compile_networks=compiled)
+    if compiled:
+        torch._dynamo.reset()  # every run compiles afresh, as a new process would
+        c = Clock()
+        t.fit(x[:2 * batch], 1)
+        COMPILE_SECONDS.append(c.stop())
+        epochs += 1
     t0 = Clock()
     t.fit(x, epochs)
     return t0.stop(), (model, guide)
@@ -221,6 +229,8 @@ SYSTEMS = {
     "Pyro SVI, JitTrace_ELBO": lambda x, k: svi_epochs(x, 1, k, jit=True)[0],
     "lvm_pyro Trainer (Trace_ELBO / IWAE_ELBO)": lambda x, k: ours_epochs(x, 1, k)[0],
 }
+COMPILED_ROW = "lvm_pyro Trainer, --compile (after compiling)"
+COMPILE_SECONDS: list = []  # the warm-up (compilation) of the compiled row, per run
 COLUMNS = {"VAE epoch": 1, "IWAE K=5 epoch": 5}
 TIMER = "cpu"  # what the ratios use (--timer)
 
@@ -335,10 +345,14 @@ def main():
     ap.add_argument("--profile", action="store_true", help="only profile 200 steps of each")
     ap.add_argument("--epochs-nll", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--compile", action="store_true",
+                    help="add a row: the Trainer with torch.compile'd networks (timed after compiling)")
     ap.add_argument("--out", default="benchmarks/results/vae_epoch.json")
     a = ap.parse_args()
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
     torch.set_num_threads(a.threads)
+    if a.compile:
+        SYSTEMS[COMPILED_ROW] = lambda x, k: ours_epochs(x, 1, k, compiled=True)[0]
     x = load_dataset("fashion-mnist", "train").images  # (60000, 1, 28, 28) in [0, 1]
     if a.subset:
         x = x[:a.subset]
@@ -378,6 +392,7 @@ def main():
                         for i in range(0, len(xt), 100)])
         s_ours = summarize_nll(lp, 784)
         res["nll"] = {"epochs": a.epochs_nll, "plain": s_plain._asdict(), "lvm_pyro": s_ours._asdict()}
+    res["compile_seconds"] = COMPILE_SECONDS
     res["uptime_end"] = os.popen("uptime").read().strip()
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -415,6 +430,11 @@ def markdown(res, a) -> str:
               f"[min, max]: plain {cell(res['toy_ms_per_step']['plain'])}, lvm_pyro Trainer "
               f"{cell(res['toy_ms_per_step']['lvm_pyro'])}; ratio {cell(res['toy_ratio'])}.", "",
               f"Load: start `{res['uptime_start']}`; end `{res['uptime_end']}`."]
+    if res.get("compile_seconds"):
+        c = res["compile_seconds"]
+        lines += ["", f"The compiled row's warm-up (compiling the networks; 2 steps on 200 "
+                  f"images, not in its epoch time): median {statistics.median(t['cpu'] for t in c):.1f} "
+                  f"CPU s / {statistics.median(t['wall'] for t in c):.1f} wall s per run."]
     if "nll" in res:
         n = res["nll"]
         lines += ["", f"Test NLL after {n['epochs']} epochs (K=5000, first 2000 test images "

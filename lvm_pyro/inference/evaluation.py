@@ -3,9 +3,11 @@ and NLL / bits-per-dim summaries with standard errors."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable, Iterator, NamedTuple, Optional
 
+import pyro
 import torch
 
 from .log_weights import (LogWeights, guess_max_plate_nesting, log_weights,
@@ -42,7 +44,9 @@ def iter_log_weights(model: Callable, guide: Callable, x: torch.Tensor, num_samp
     """:func:`log_weights` for ``num_samples`` particles per datapoint, in chunks of at most
     ``chunk_size`` particles (default: as many as keep particles x elements of x under
     2**24), so that memory is O(chunk x batch). Yields one :class:`LogWeights` per chunk;
-    the chunks' ``log_w`` (k, batch) together hold ``num_samples`` rows.
+    the chunks' ``log_w`` (k, batch) together hold ``num_samples`` rows. Chunks after the
+    first run with Pyro's validation off (the first one checks the programs as the
+    caller's setting says).
     ``vectorize_particles=False`` runs the particles one at a time (see
     :func:`log_weights`).
 
@@ -58,9 +62,14 @@ def iter_log_weights(model: Callable, guide: Callable, x: torch.Tensor, num_samp
     done = 0
     while done < num_samples:
         k = min(chunk, num_samples - done)
-        yield log_weights(model, guide, x, k, num_data=num_data, idx=idx,
-                          max_plate_nesting=max_plate_nesting,
-                          vectorize_particles=vectorize_particles)
+        # the first chunk runs with Pyro's validation as the caller has it; the others,
+        # the same programs on the same data with fresh draws of q, without it (the
+        # per-draw support checks of every latent)
+        with contextlib.nullcontext() if done == 0 else pyro.validation_enabled(False):
+            out = log_weights(model, guide, x, k, num_data=num_data, idx=idx,
+                              max_plate_nesting=max_plate_nesting,
+                              vectorize_particles=vectorize_particles)
+        yield out
         done += k
 
 

@@ -175,6 +175,10 @@ class VectorQuantizer(nn.Module):
         ValueError: bad hyper-parameters (at construction) or bad input shape.
     """
 
+    #: left eager by ``lvm-pyro fit --compile`` (its EMA and dead-code restarts decide on
+    #: the host; see :mod:`lvm_pyro.training.compile`)
+    compile_safe = False
+
     def __init__(self, codebook_size: int, embedding_dim: int, *,
                  commitment_weight: float = 0.25, decay: Optional[float] = 0.99,
                  epsilon: float = 1e-5, kmeans_init: bool = True, kmeans_iters: int = 10,

@@ -698,10 +698,14 @@ class TrainConfig:
                                                   "step of aggressive training")
     aggressive_heldout: int = option(500, "held-out points (the first test points) for the "
                                           "I_q(x; z) rule of aggressive training")
+    compile: bool = option(False, "compile the networks with torch.compile (the first steps "
+                                  "pay the compilation, tens of seconds on a CPU; results "
+                                  "deterministic per seed, last bits differ from eager)")
 
     def __post_init__(self) -> None:
         _integer(self, "batch_size", 1)
         _choice(self, "aggressive_encoder", (True, False))
+        _choice(self, "compile", (True, False))
         _integer(self, "aggressive_max_inner_steps", 1)
         _integer(self, "aggressive_heldout", 2)
         _positive(self, "lr")

@@ -34,6 +34,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from ..checks import skip_data_checks, validate_data
+from .compile import compile_networks as compile_networks_of
 from ..registration import cached_registration, objective_allows_cached_registration
 from ..data.binarize import Binarizer
 from ..inference.lean_trace import LeanTrace_ELBO
@@ -175,6 +176,10 @@ class Trainer:
             (encoder-only steps on fresh minibatches until the loss stops improving, then
             one decoder-only step); its state is checkpointed. The guide must be an
             ``nn.Module`` (its parameters are the encoder's).
+        compile_networks: compile the programs' networks in place with ``torch.compile``
+            (:mod:`lvm_pyro.training.compile`): the first steps pay the compilation;
+            results are deterministic per seed and resume stays exact, but differ from an
+            uncompiled run in the last bits.
         distributed: the :class:`~lvm_pyro.training.distributed.DistributedContext` of a
             data-parallel job (:func:`~lvm_pyro.training.distributed.init_from_environment`):
             each rank trains on its shard of every global minibatch of ``batch_size`` rows,
@@ -195,7 +200,8 @@ class Trainer:
                  modules: Optional[dict[str, torch.nn.Module]] = None,
                  validate: bool = False, divergence_tolerance: Optional[float] = 0.5,
                  aggressive: Optional[Any] = None, fused_optimizer: bool = True,
-                 distributed: Optional[DistributedContext] = None):
+                 distributed: Optional[DistributedContext] = None,
+                 compile_networks: bool = False):
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         if batch_size < 1:
@@ -216,6 +222,7 @@ class Trainer:
         # the objective a step runs: Pyro's Trace_ELBO on the lean trace path (same numbers)
         self._objective = LeanTrace_ELBO.from_elbo(elbo) if type(elbo) is Trace_ELBO else elbo
         self.fused_optimizer = bool(fused_optimizer)
+        self.compiled = compile_networks_of(model, guide) if compile_networks else []
         self._model, self._guide = adapt_program(model), adapt_program(guide)
         self.lr, self.batch_size, self.seed = float(lr), int(batch_size), int(seed)
         if transform is None:

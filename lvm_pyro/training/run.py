@@ -308,7 +308,8 @@ def _train_run(config: RunConfig, out: Path, ctx: DistributedContext, *, resume:
                       binarization=Binarizer(config.data.binarization, seed + 1, levels),
                       checkpoint_path=out / CHECKPOINT_FILE,
                       config={k: v for k, v in flat.items() if k not in ("epochs", "data_root")},
-                      progress=progress, callbacks=callbacks, distributed=ctx)
+                      progress=progress, callbacks=callbacks, distributed=ctx,
+                      compile_networks=config.train.compile)
     try:
         history = trainer.fit(x_train, config.train.epochs, resume=resume)
     finally:

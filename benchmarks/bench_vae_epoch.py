@@ -12,17 +12,21 @@ IWAE bound, in one process on one thread, against an independent plain-PyTorch l
 * ``pyro_jit``: the same with ``JitTrace_ELBO`` (for the K=5 column
   ``JitTrace_ELBO(num_particles=5)`` vectorised: Pyro has no JIT Renyi bound);
 * ``lvm_pyro``: our :class:`lvm_pyro.training.Trainer` with ``Trace_ELBO()`` and
-  ``IWAE_ELBO(num_particles=5)`` on :func:`lvm_pyro.training.builders.build_vae`.
+  ``IWAE_ELBO(num_particles=5)`` on :func:`lvm_pyro.training.builders.build_vae`;
+* with ``--compile`` also ``lvm_pyro Trainer, --compile``: the same with
+  ``Trainer(compile_networks=True)``, timed after a warm-up that compiles the networks
+  (the warm-up's seconds are reported apart).
 
 Rounds are interleaved (every system once per round, the order rotated each round); the
 ratio of each system to the round's plain time is reported as median [min, max] over the
 rounds. A second table times one step of a 2-D toy VAE (2 x 128 tanh nets, z_dim 2,
-Gaussian likelihood, batch 128).
+Gaussian likelihood, batch 128), measured first, before the epochs.
 
-    python benchmarks/bench_vae_epoch.py                 # full table, ~4-8 min of one core
+    python benchmarks/bench_vae_epoch.py --compile       # the README's table, ~10 min of one core
     python benchmarks/bench_vae_epoch.py --subset 6000 --rounds 1      # a quick look
     python benchmarks/bench_vae_epoch.py --profile       # where one step's time goes
     python benchmarks/bench_vae_epoch.py --epochs-nll 10 # + test NLL after 10 epochs
+    python benchmarks/bench_vae_epoch.py --nll-only --epochs-nll 10 --out benchmarks/results/vae_epoch_nll.json
 
 Writes ``benchmarks/results/vae_epoch.json`` and ``vae_epoch.md`` (with ``uptime``, the
 machine's load, at the start and the end).
@@ -429,7 +433,8 @@ def markdown(res, a) -> str:
         return f"{s['median']:.2f} [{s['min']:.2f}, {s['max']:.2f}]"
 
     lines = [f"`python benchmarks/bench_vae_epoch.py{' --subset %d' % a.subset if a.subset else ''}"
-             f"{' --rounds %d' % a.rounds if a.rounds != 3 else ''}`: {res['n_train']} images, "
+             f"{' --rounds %d' % a.rounds if a.rounds != 3 else ''}"
+             f"{' --compile' if a.compile else ''}`: {res['n_train']} images, "
              f"{res['rounds']} interleaved rounds, {res['threads']} thread, torch {res['torch']}, "
              f"pyro {res['pyro']}. Ratio to the plain loop's epoch time, median [min, max], in "
              "CPU time of the process (wall time in brackets below: other jobs' load inflates it).",

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 __all__ = ["BASELINE_AVG_PREFIX", "CheckpointError", "save_checkpoint", "load_checkpoint", "get_rng_state",
-           "set_rng_state", "restore_params", "FORMAT", "MISMATCH_FIX"]
+           "set_rng_state", "restore_params", "FORMAT", "MISMATCH_FIX", "file_fingerprint"]
 
 FORMAT = "lvm_pyro.checkpoint/1"
 
@@ -58,6 +58,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
                          n["has_gauss"], n["cached_gaussian"]))
     p = state["python"]
     random.setstate((p[0], tuple(p[1]), p[2]))
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex): what a fitted second stage (a code prior) records
+    of the checkpoint it was fitted to, so that copying a run directory keeps it current
+    and retraining the run makes it stale, whatever the files' times say.
+
+    Raises:
+        FileNotFoundError: no such file.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:

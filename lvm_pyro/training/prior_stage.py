@@ -38,12 +38,12 @@ from ..inference.evaluation import nll_report
 from ..models.pixelcnn_prior import CodesPrior, GatedPixelCNNPrior
 from ..inference.program import trace_guide_then_model, trace_program
 from ..sites import CODES, OBS
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, file_fingerprint, load_checkpoint
 from .config import PriorConfig
 from .loop import Trainer
 
 __all__ = ["PRIOR_CHECKPOINT", "PRIOR_METRICS", "PriorExistsError", "encode_codes",
-           "fit_prior", "load_prior", "prior_is_current", "decode_codes", "two_stage_bound",
+           "fit_prior", "load_prior", "prior_is_current", "fitted_to", "decode_codes", "two_stage_bound",
            "save_prior_samples"]
 
 PRIOR_CHECKPOINT, PRIOR_METRICS = "prior_checkpoint.pt", "prior_metrics.json"
@@ -103,12 +103,37 @@ def decode_codes(model: Callable, codes: torch.Tensor, x_like: torch.Tensor) -> 
     return tr.nodes[OBS]["fn"].mean.reshape(x_like.shape)
 
 
+def fitted_to(run_dir: str | Path) -> str:
+    """The fingerprint a prior fitted now records of the run's checkpoint
+    (:func:`~lvm_pyro.training.checkpoint.file_fingerprint` of ``checkpoint.pt``).
+
+    Raises:
+        CheckpointError: the run has no checkpoint.
+    """
+    run = Path(run_dir) / "checkpoint.pt"
+    if not run.exists():
+        raise CheckpointError(f"{run} does not exist: train the run first (lvm-pyro fit)")
+    return file_fingerprint(run)
+
+
 def prior_is_current(run_dir: str | Path) -> bool:
-    """True when ``run_dir`` holds a prior checkpoint written after the run's own
-    checkpoint (a prior fitted to an earlier training of the run is stale)."""
+    """True when ``run_dir`` holds a prior checkpoint fitted to the run's present
+    checkpoint: the fingerprint the prior recorded (``config["fitted_to"]``) equals that
+    of ``checkpoint.pt`` now, so a copied run directory keeps its prior and a retrained
+    run's prior is stale. A prior written before fingerprints were recorded counts as
+    current when it is not older than the run's checkpoint. A prior file that cannot be
+    read is not current."""
     run_dir = Path(run_dir)
     prior, run = run_dir / PRIOR_CHECKPOINT, run_dir / "checkpoint.pt"
-    return prior.exists() and run.exists() and prior.stat().st_mtime >= run.stat().st_mtime
+    if not (prior.exists() and run.exists()):
+        return False
+    try:
+        recorded = load_checkpoint(prior)["config"].get("fitted_to")
+    except (CheckpointError, KeyError, AttributeError):
+        return False
+    if recorded is None:  # a prior fitted before fingerprints were recorded
+        return prior.stat().st_mtime >= run.stat().st_mtime
+    return recorded == file_fingerprint(run)
 
 
 def load_prior(run_dir: str | Path, device: str = "cpu") -> GatedPixelCNNPrior:
@@ -246,7 +271,7 @@ def fit_prior(run_dir: str | Path, config: Optional[PriorConfig] = None, *,
                       batch_size=batch_size, seed=seed, binarization="none",
                       checkpoint_path=run_dir / PRIOR_CHECKPOINT,
                       config={"prior": hyper, "batch_size": batch_size, "lr": lr, "seed": seed,
-                              "num_train": len(codes_train)},
+                              "num_train": len(codes_train), "fitted_to": fitted_to(run_dir)},
                       progress=progress, callbacks=[test_bits])
     t1 = time.perf_counter()
     history = trainer.fit(codes_train, epochs, resume=resume)

@@ -296,13 +296,14 @@ def fit_vqvae2_priors(run_dir: str | Path, config: Optional[PriorConfig] = None,
         return {"test_bits_per_code_top": float(-lt.mean() / (nt * math.log(2))),
                 "test_bits_per_code_bottom": float(-lb.mean() / (nb * math.log(2)))}
 
-    from .prior_stage import PRIOR_CHECKPOINT, PRIOR_METRICS
+    from .prior_stage import PRIOR_CHECKPOINT, PRIOR_METRICS, fitted_to
 
     trainer = Trainer(program, EmptyGuide(), Trace_ELBO(max_plate_nesting=1), lr=config.lr,
                       batch_size=config.batch_size, seed=config.seed, binarization="none",
                       checkpoint_path=run_dir / PRIOR_CHECKPOINT,
                       config={"prior": hyper, "batch_size": config.batch_size, "lr": config.lr,
-                              "seed": config.seed, "num_train": len(data_train)},
+                              "seed": config.seed, "num_train": len(data_train),
+                              "fitted_to": fitted_to(run_dir)},
                       progress=progress, callbacks=[test_bits])
     t1 = time.perf_counter()
     history = trainer.fit(data_train, config.epochs, resume=resume)

@@ -1,0 +1,47 @@
+"""Whether a run's fitted code prior is current is decided by the fingerprint of the run
+checkpoint it was fitted to, not by file times: a copied run keeps its prior, a retrained
+run's prior is stale, and a prior from before fingerprints falls back to the times."""
+
+import os
+import shutil
+
+import torch
+
+from lvm_pyro.training.checkpoint import file_fingerprint, save_checkpoint
+from lvm_pyro.training.prior_stage import PRIOR_CHECKPOINT, fitted_to, prior_is_current
+
+
+def _run(tmp_path, name="run"):
+    run = tmp_path / name
+    save_checkpoint(run / "checkpoint.pt", {"modules": {"w": torch.arange(4.0)}, "config": {}})
+    return run
+
+
+def _age(path, seconds):
+    t = path.stat().st_mtime - seconds
+    os.utime(path, (t, t))
+
+
+def test_a_copied_run_keeps_its_prior_and_a_retrained_run_loses_it(tmp_path):
+    run = _run(tmp_path)
+    assert not prior_is_current(run)  # no prior yet
+    save_checkpoint(run / PRIOR_CHECKPOINT, {"config": {"fitted_to": fitted_to(run)}})
+    assert prior_is_current(run)
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy, copy_function=shutil.copy)  # new file times, as `cp -r`
+    _age(copy / PRIOR_CHECKPOINT, 100)  # the prior now looks older than the run
+    assert prior_is_current(copy)
+    save_checkpoint(run / "checkpoint.pt", {"modules": {"w": torch.ones(4)}, "config": {}})
+    _age(run / "checkpoint.pt", 1000)  # retrained, yet older by its time
+    assert not prior_is_current(run)
+    assert file_fingerprint(run / "checkpoint.pt") != file_fingerprint(copy / "checkpoint.pt")
+
+
+def test_a_prior_without_a_fingerprint_is_judged_by_time_and_a_corrupt_one_is_stale(tmp_path):
+    run = _run(tmp_path)
+    save_checkpoint(run / PRIOR_CHECKPOINT, {"config": {}})
+    assert prior_is_current(run)
+    _age(run / PRIOR_CHECKPOINT, 100)
+    assert not prior_is_current(run)
+    (run / PRIOR_CHECKPOINT).write_bytes(b"not a checkpoint")
+    assert not prior_is_current(run)

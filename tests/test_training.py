@@ -296,3 +296,26 @@ def test_python_resume_without_a_checkpoint_equals_a_fresh_run(tmp_path):
     res_loss, res_params = run(True, tmp_path / "b.pt")
     assert fresh_loss == res_loss
     assert all(torch.equal(fresh_params[k], res_params[k]) for k in fresh_params)
+
+
+def test_the_train_curve_records_the_kl_weight_and_the_capacity():
+    from lvm_pyro.inference import Capacity_ELBO, CapacitySchedule, KLWeighted_ELBO
+    from lvm_pyro.training.builders import build_vae
+
+    x = torch.rand(40, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    cfg = {"z_dim": 2, "hidden_dim": 8, "num_hidden": 1}
+    pyro.clear_param_store()
+    model, guide = build_vae(cfg, (1, 4, 4))
+    warm = KLWeighted_ELBO(Trace_ELBO(max_plate_nesting=1), beta=1.0, kl_warmup_steps=10)
+    hist = Trainer(model, guide, warm, batch_size=10, progress=False).fit(x, 3)
+    # 4 steps an epoch, a 10-step warm-up: the weight rises, then stays at beta
+    weights = [h["kl_weight"] for h in hist]
+    assert weights[0] < weights[1] <= weights[2] == 1.0
+    assert "capacity_nats" not in hist[0]
+    pyro.clear_param_store()
+    model, guide = build_vae(cfg, (1, 4, 4))
+    cap = Capacity_ELBO(CapacitySchedule(5.0, 8), weight=2.0, max_plate_nesting=1)
+    hist = Trainer(model, guide, cap, batch_size=10, progress=False).fit(x, 3)
+    caps = [h["capacity_nats"] for h in hist]
+    assert caps[0] < caps[1] == caps[2] == 5.0
+    assert caps[-1] == cap.current_capacity

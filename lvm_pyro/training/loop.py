@@ -106,8 +106,12 @@ def loss_rose(before: Sequence[float], after: Sequence[float], tolerance: float)
 
 @dataclass
 class EpochMetrics:
-    """One epoch's record: ``loss`` is the mean training loss (-ELBO for Trace_ELBO)
-    per datapoint in nats; ``seconds`` the epoch's wall time."""
+    """One epoch's record: ``loss`` is the mean training objective per datapoint in nats
+    (-ELBO for Trace_ELBO; the weighted objective for a KL-weighted, free-bits or capacity
+    ELBO, e.g. gamma |KL - C| in place of the KL); ``seconds`` the epoch's wall time;
+    ``extra`` holds what callbacks and the objective add: ``kl_weight`` (the objective's KL
+    weight at the epoch's last step, when it has one) and ``capacity_nats`` (the capacity
+    C at the epoch's end, for a capacity objective)."""
 
     epoch: int
     loss: float
@@ -498,6 +502,12 @@ class Trainer:
                 self.epoch += 1
                 self._warn_if_rising(losses, weights)
                 m = EpochMetrics(self.epoch, total / count, time.perf_counter() - t0)
+                known = [w for w in weights if w is not None]
+                if known:  # a KL weight (warm-up, schedule, beta): its value at the last step
+                    m.extra["kl_weight"] = float(known[-1])
+                capacity = getattr(self.elbo, "current_capacity", None)
+                if capacity is not None:
+                    m.extra["capacity_nats"] = float(capacity)
                 if self.aggressive is not None:
                     m.extra.update(self.aggressive.end_epoch(self.guide))
                     self._agree(self.aggressive)

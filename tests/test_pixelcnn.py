@@ -323,9 +323,10 @@ def test_fit_prior_and_sample_commands(tmp_path):
                  "--epochs", "1", "--codebook-size", "16", "--channels", "8",
                  "--num-test", "50", "--out", str(run), "--no-progress"]) == 0
     assert main(["fit-prior", str(run), "--epochs", "1", "--channels", "8", "--num-layers", "2",
-                 "--num-train", "200", "--num-test", "50", "--num-samples", "16",
-                 "--no-progress"]) == 0
+                 "--num-train", "200", "--num-samples", "16", "--no-progress"]) == 0
     m = json.loads((run / "prior_metrics.json").read_text())
+    # without --num-test, the test points of the run's own evaluation (fit's --num-test 50)
+    assert json.loads((run / "metrics.json").read_text())["num_test_points"] == 50
     assert m["grid_shape"] == [2, 2] and m["codebook_size"] == 16 and m["num_test_points"] == 50
     assert abs(m["two_stage_nll"] - (m["reconstruction_nll"] + m["prior_nll"])) < 1e-3
     assert m["uniform_bits_per_code"] == 4.0

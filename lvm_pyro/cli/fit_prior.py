@@ -22,7 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                    "vqvae2: both levels' priors)")
     add_config_arguments(p, [PriorConfig], title="prior")
     p.add_argument("--num-train", type=int, default=None, help="fit on the first N training points")
-    p.add_argument("--num-test", type=int, default=None, help="evaluate on the first N test points")
+    p.add_argument("--num-test", type=int, default=None,
+                   help="evaluate on the first N test points (default: as many as the run's "
+                        "own evaluation used, metrics.json num_test_points, else all)")
     p.add_argument("--num-samples", type=int, default=64,
                    help="prior samples in prior_samples.png (default: 64)")
     p.add_argument("--resume", action="store_true", help="continue the fit of the prior in RUN_DIR")

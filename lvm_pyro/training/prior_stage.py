@@ -116,6 +116,17 @@ def fitted_to(run_dir: str | Path) -> str:
     return file_fingerprint(run)
 
 
+def _run_num_test(run_dir: Path) -> Optional[int]:
+    """``num_test_points`` of the run's ``metrics.json`` (its own evaluation), or None."""
+    import json
+
+    try:
+        n = json.loads((run_dir / "metrics.json").read_text()).get("num_test_points")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(n) if isinstance(n, int) and n > 0 else None
+
+
 def prior_is_current(run_dir: str | Path) -> bool:
     """True when ``run_dir`` holds a prior checkpoint fitted to the run's present
     checkpoint: the fingerprint the prior recorded (``config["fitted_to"]``) equals that
@@ -193,7 +204,9 @@ def fit_prior(run_dir: str | Path, config: Optional[PriorConfig] = None, *,
             its fit (``epochs``, ``batch_size``, ``lr``, ``seed``): Adam on
             -log p_prior(codes) by the generic Trainer, with the prior as a Pyro program
             observing ``"codes"`` and an empty guide. Default :class:`PriorConfig()`.
-        num_train, num_test: use the first N training / test points (all when None).
+        num_train, num_test: use the first N training / test points (all training points
+            when None; for the test points, as many as the run's own evaluation used,
+            ``num_test_points`` of its ``metrics.json``, else all).
         num_pictures: prior samples drawn for ``prior_samples.png``.
         resume: continue from ``prior_checkpoint.pt``.
         data_root: override where the run's data are read from.
@@ -237,6 +250,8 @@ def fit_prior(run_dir: str | Path, config: Optional[PriorConfig] = None, *,
     if force:
         for name in (PRIOR_CHECKPOINT, PRIOR_METRICS):
             (run_dir / name).unlink(missing_ok=True)
+    if num_test is None:  # the test points the run's own evaluation used, so the bounds compare
+        num_test = _run_num_test(run_dir)
     if is_vqvae2(run.model):
         return fit_vqvae2_priors(run_dir, config, num_train=num_train, num_test=num_test,
                                  num_pictures=num_pictures, resume=resume, progress=progress,

@@ -63,14 +63,17 @@ def plain_log_px(encoder, decoder, x, num_samples, chunk=100, min_scale=1e-4):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--num-test", type=int, default=200)
-    ap.add_argument("--num-samples", type=int, default=5000)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--train-images", type=int, default=10000)
-    ap.add_argument("--train-epochs", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default="benchmarks/results/nll_eval.json")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "),
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--num-test", type=int, default=200, help="test images")
+    ap.add_argument("--num-samples", type=int, default=5000, help="importance samples K")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    ap.add_argument("--train-images", type=int, default=10000,
+                    help="training images of the VAE both evaluators score")
+    ap.add_argument("--train-epochs", type=int, default=1, help="its epochs")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--out", default="benchmarks/results/nll_eval.json",
+                    help="results JSON (a .md beside it)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     uptime_start = os.popen("uptime").read().strip()

@@ -359,18 +359,21 @@ def _summary(times):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "),
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--subset", type=int, default=None, help="train on the first N images")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (>= 3 for the table)")
-    ap.add_argument("--toy-steps", type=int, default=500)
+    ap.add_argument("--toy-steps", type=int, default=500, help="timed steps per round of the 2-D toy")
     ap.add_argument("--profile", action="store_true", help="only profile 200 steps of each")
-    ap.add_argument("--epochs-nll", type=int, default=0)
+    ap.add_argument("--epochs-nll", type=int, default=0,
+                    help="also train plain and ours N epochs and compare test NLL (0: no)")
     ap.add_argument("--nll-only", action="store_true",
                     help="only the --epochs-nll comparison (no timing table), written to --out")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--compile", action="store_true",
                     help="add a row: the Trainer with torch.compile'd networks (timed after compiling)")
-    ap.add_argument("--out", default="benchmarks/results/vae_epoch.json")
+    ap.add_argument("--out", default="benchmarks/results/vae_epoch.json",
+                    help="results JSON (a .md beside it)")
     a = ap.parse_args()
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
     torch.set_num_threads(a.threads)

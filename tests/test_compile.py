@@ -1,6 +1,6 @@
 """``--compile``: which modules are compiled (fast, with ``nn.Module.compile`` recorded
 instead of run), and (slow) a compiled tiny VAE is deterministic per seed, resumes
-bit-exactly and agrees with the eager run to float32 rounding."""
+bit-exactly in the same process and agrees with the eager run to float32 rounding."""
 
 import pyro
 import pytest
@@ -32,6 +32,14 @@ def test_the_vector_quantiser_stays_eager(monkeypatch):
     names = compile_networks(model, guide)
     assert names and not any("quantizer" in n for n in names)
     assert "VectorQuantizer" not in compiled and len(compiled) == len(names)
+
+
+def test_programs_without_networks_warn_that_nothing_is_compiled():
+    def model(x):
+        pass
+
+    with pytest.warns(UserWarning, match="no network to compile"):
+        Trainer(model, model, Trace_ELBO(), compile_networks=True, progress=False)
 
 
 def test_the_flag_is_a_boolean_of_the_training_config():

@@ -310,7 +310,7 @@ def test_two_stage_bound_on_the_vqvae():
     assert torch.allclose(uniform, rec - 4 * math.log(8), atol=1e-4)
 
 
-def test_fit_prior_and_sample_commands(tmp_path):
+def test_fit_prior_and_sample_commands(tmp_path, capsys):
     """fit (1 epoch, digits) -> fit-prior -> sample: files written, and the bound's
     parts add up: two-stage NLL = reconstruction NLL + prior NLL (same codes)."""
     import json
@@ -335,3 +335,14 @@ def test_fit_prior_and_sample_commands(tmp_path):
     assert (run / "sample" / "prior_samples.png").exists()
     assert (run / "sample" / "prior_vs_reconstructions.png").exists()
     assert main(["fit-prior", str(tmp_path / "missing")]) == 2
+    # trained further: the prior is stale; fit-prior names --force, sample says why no
+    # prior samples were drawn
+    assert main(["fit", "--model", "vqvae", "--data", "digits", "--likelihood",
+                 "discretized_logistic", "--binarization", "none", "--num-samples", "1",
+                 "--epochs", "2", "--codebook-size", "16", "--channels", "8",
+                 "--num-test", "50", "--out", str(run), "--no-progress", "--resume"]) == 0
+    capsys.readouterr()
+    assert main(["fit-prior", str(run), "--resume", "--no-progress"]) == 2
+    assert "earlier training" in capsys.readouterr().err
+    assert main(["sample", str(run), "--num-samples", "4", "--out", str(tmp_path / "s2")]) == 0
+    assert "fit-prior" in capsys.readouterr().err and not (tmp_path / "s2" / "prior_samples.png").exists()

@@ -319,3 +319,24 @@ def test_the_train_curve_records_the_kl_weight_and_the_capacity():
     caps = [h["capacity_nats"] for h in hist]
     assert caps[0] < caps[1] == caps[2] == 5.0
     assert caps[-1] == cap.current_capacity
+
+
+def test_a_module_swapped_in_between_fits_is_trained_by_the_same_trainer():
+    """A new decoder of the same architecture, the param store cleared, the same Trainer:
+    the optimiser steps the new tensors (before, it kept stepping the old ones)."""
+    from lvm_pyro.training.builders import build_vae
+
+    x = torch.rand(40, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    pyro.clear_param_store()
+    model, guide = build_vae({"z_dim": 2, "hidden_dim": 8, "num_hidden": 1}, (1, 4, 4))
+    t = Trainer(model, guide, Trace_ELBO(), batch_size=10, progress=False)
+    t.fit(x, 1)
+    fresh, _ = build_vae({"z_dim": 2, "hidden_dim": 8, "num_hidden": 1}, (1, 4, 4))
+    model.decoder = fresh.decoder
+    pyro.clear_param_store()
+    before = {k: v.detach().clone() for k, v in model.decoder.named_parameters()}
+    t.fit(x, 2)
+    after = dict(model.decoder.named_parameters())
+    assert all(not torch.equal(before[k], after[k]) for k in before)
+    held = {id(p) for g in t.optimizer.param_groups for p in g["params"]}
+    assert all(id(p) in held for p in model.decoder.parameters())

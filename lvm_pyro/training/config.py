@@ -700,7 +700,8 @@ class TrainConfig:
                                           "I_q(x; z) rule of aggressive training")
     compile: bool = option(False, "compile the networks with torch.compile (the first steps "
                                   "pay the compilation, tens of seconds on a CPU; results "
-                                  "deterministic per seed, last bits differ from eager)")
+                                  "deterministic per seed, last bits differ from eager; a "
+                                  "resume in a new process agrees to rounding only)")
 
     def __post_init__(self) -> None:
         _integer(self, "batch_size", 1)

@@ -182,8 +182,10 @@ class Trainer:
             ``nn.Module`` (its parameters are the encoder's).
         compile_networks: compile the programs' networks in place with ``torch.compile``
             (:mod:`lvm_pyro.training.compile`): the first steps pay the compilation;
-            results are deterministic per seed and resume stays exact, but differ from an
-            uncompiled run in the last bits.
+            results are deterministic per seed and differ from an uncompiled run in the
+            last bits; a run resumed in a new process agrees with the uninterrupted one to
+            float32 rounding, not bit for bit. Warns when the programs hold no network
+            to compile (plain functions calling ``pyro.module``).
         distributed: the :class:`~lvm_pyro.training.distributed.DistributedContext` of a
             data-parallel job (:func:`~lvm_pyro.training.distributed.init_from_environment`):
             each rank trains on its shard of every global minibatch of ``batch_size`` rows,
@@ -227,6 +229,11 @@ class Trainer:
         self._objective = LeanTrace_ELBO.from_elbo(elbo) if type(elbo) is Trace_ELBO else elbo
         self.fused_optimizer = bool(fused_optimizer)
         self.compiled = compile_networks_of(model, guide) if compile_networks else []
+        if compile_networks and not self.compiled:
+            warnings.warn("compile_networks=True found no network to compile: only the plain "
+                          "nn.Module children of PyroModule programs are compiled (a program "
+                          "written as a function calling pyro.module runs eager; compile its "
+                          "modules yourself with module.compile())", UserWarning, stacklevel=2)
         self._model, self._guide = adapt_program(model), adapt_program(guide)
         self.lr, self.batch_size, self.seed = float(lr), int(batch_size), int(seed)
         if transform is None:
@@ -327,7 +334,15 @@ class Trainer:
             self.param_names = names
             self.optimizer = make_adam([params[k] for k in names], self.lr,
                                        fused=self.fused_optimizer)
-        elif names != self.param_names:
+        else:
+            # a name whose tensor was replaced (a module swapped in and the store cleared):
+            # the optimiser takes the new tensor, with fresh Adam state for it
+            slots = [(g, i) for g in self.optimizer.param_groups for i in range(len(g["params"]))]
+            for name, (group, i) in zip(self.param_names, slots):
+                now = params.get(name)
+                if now is not None and group["params"][i] is not now:
+                    self.optimizer.state.pop(group["params"][i], None)
+                    group["params"][i] = now
             new = [k for k in names if k not in self.param_names]
             if new:
                 self.optimizer.add_param_group({"params": [params[k] for k in new]})

@@ -243,10 +243,14 @@ def fit_prior(run_dir: str | Path, config: Optional[PriorConfig] = None, *,
         raise ValueError("give resume (continue the prior's fit) or force (replace the prior), "
                          "not both")
     run = load_run(run_dir, data_root=data_root)
+    if (run_dir / PRIOR_CHECKPOINT).exists() and not force and not prior_is_current(run_dir):
+        raise PriorExistsError(f"{run_dir / PRIOR_CHECKPOINT} holds a prior fitted to an earlier "
+                               "training of this run (its checkpoint has changed since): replace "
+                               "it with --force (force=True)")
     if (run_dir / PRIOR_CHECKPOINT).exists() and not (resume or force):
         raise PriorExistsError(f"{run_dir / PRIOR_CHECKPOINT} already holds a fitted prior; "
-                               "pass force=True (--force) to replace it, or resume=True "
-                               "(--resume) to continue its fit")
+                               "pass --force (force=True) to replace it, or --resume "
+                               "(resume=True) to continue its fit")
     if force:
         for name in (PRIOR_CHECKPOINT, PRIOR_METRICS):
             (run_dir / name).unlink(missing_ok=True)

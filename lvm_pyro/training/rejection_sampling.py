@@ -67,8 +67,9 @@ def check_rejection_ready(run_dir: str | Path) -> None:
                          f"priors (lvm-pyro fit --model vqvae2, then fit-prior); {run_dir} is a "
                          f"{cfg.model_name} run")
     if not prior_is_current(run_dir):
-        raise CheckpointError(f"{run_dir} has no priors fitted after its training; fit them "
-                              f"first: lvm-pyro fit-prior {run_dir}")
+        raise CheckpointError(f"{run_dir} has no priors fitted to its present checkpoint; fit "
+                              f"them: lvm-pyro fit-prior {run_dir} (add --force to replace "
+                              "priors fitted to an earlier training)")
     if not classifier_path(run_dir, "rejection").exists():
         raise CheckpointError(f"{classifier_path(run_dir, 'rejection')} does not exist; train "
                               f"the classifiers first: lvm-pyro fit-classifier {run_dir}")

@@ -41,6 +41,7 @@ from ..sites import CODES, OBS
 from .checkpoint import CheckpointError, file_fingerprint, load_checkpoint
 from .config import PriorConfig
 from .loop import Trainer
+from .rundir import CHECKPOINT_FILE, METRICS_FILE, RunFileError, read_json
 
 __all__ = ["PRIOR_CHECKPOINT", "PRIOR_METRICS", "PriorExistsError", "encode_codes",
            "fit_prior", "load_prior", "prior_is_current", "fitted_to", "decode_codes", "two_stage_bound",
@@ -110,19 +111,18 @@ def fitted_to(run_dir: str | Path) -> str:
     Raises:
         CheckpointError: the run has no checkpoint.
     """
-    run = Path(run_dir) / "checkpoint.pt"
+    run = Path(run_dir) / CHECKPOINT_FILE
     if not run.exists():
         raise CheckpointError(f"{run} does not exist: train the run first (lvm-pyro fit)")
     return file_fingerprint(run)
 
 
 def _run_num_test(run_dir: Path) -> Optional[int]:
-    """``num_test_points`` of the run's ``metrics.json`` (its own evaluation), or None."""
-    import json
-
+    """``num_test_points`` of the run's ``metrics.json`` (its own evaluation), or None
+    when the file is missing or unreadable."""
     try:
-        n = json.loads((run_dir / "metrics.json").read_text()).get("num_test_points")
-    except (OSError, ValueError, AttributeError):
+        n = read_json(run_dir / METRICS_FILE).get("num_test_points")
+    except (OSError, RunFileError, AttributeError):
         return None
     return int(n) if isinstance(n, int) and n > 0 else None
 
@@ -135,7 +135,7 @@ def prior_is_current(run_dir: str | Path) -> bool:
     current when it is not older than the run's checkpoint. A prior file that cannot be
     read is not current."""
     run_dir = Path(run_dir)
-    prior, run = run_dir / PRIOR_CHECKPOINT, run_dir / "checkpoint.pt"
+    prior, run = run_dir / PRIOR_CHECKPOINT, run_dir / CHECKPOINT_FILE
     if not (prior.exists() and run.exists()):
         return False
     try:

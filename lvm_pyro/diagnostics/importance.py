@@ -139,7 +139,7 @@ def sample_log_weights(model: Callable, guide: Callable, x: torch.Tensor, num_sa
         latent: guide site whose values to return (``None``: none; a list of names:
             a dict name -> draws).
         chunk_size: particles per vectorised pass (default: keep particles x elements of x
-            under 2**24).
+            under :func:`lvm_pyro.inference.evaluation.default_element_budget`).
         vectorize_particles: ``False`` runs the particles one at a time, for programs
             that do not broadcast over a leading particle dimension (slower, same weights).
 
@@ -169,6 +169,7 @@ def sample_log_weights(model: Callable, guide: Callable, x: torch.Tensor, num_sa
                 zs[name].append(particles_by_datapoint(site["value"].detach(),
                                                        site["fn"].event_dim, k, x.shape[0],
                                                        max_plate_nesting, name))
+            del out  # the chunk's traces: freed before the next chunk runs
     draws = {n: torch.cat(v, 0) for n, v in zs.items()}
     if latent is None:
         return torch.cat(lws, 0), None

@@ -29,6 +29,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch.distributions import kl_divergence
 
+from ..inference.evaluation import default_element_budget
 from ..inference.kl import NonFactorizedLatentError, coordinate_distribution, per_dimension_kl
 from ..inference.program import guide_parents, trace_guide_then_model, trace_program
 from ..sites import LATENT
@@ -40,8 +41,6 @@ __all__ = ["guide_distribution", "prior_distribution", "kl_per_dimension", "aver
 
 #: Burda et al. 2015, section 5.2: a unit is active when Cov_x(E_q[z_i]) exceeds this
 ACTIVE_UNIT_THRESHOLD = 0.01
-#: floats evaluated at once in the (draws x datapoints x event) log-density matrix
-ELEMENT_BUDGET = 2 ** 24
 
 
 def _site(trace, latent: str, who: str) -> dict:
@@ -198,9 +197,10 @@ def _aggregate_log_q(q, z: torch.Tensor, num_points: int, event_numel: int, *,
     ``q`` has batch shape (M, *rest): the guide's q(z | x_j) (rest = (), each output (R,))
     or its coordinates q(z_d | x_j) (rest = event shape, each output (R, *event): the
     marginal mixtures q(z_d) of the total-correlation decomposition). The (R, M, *rest)
-    matrix of log q(z_r | x_j) is built in row chunks of at most ``ELEMENT_BUDGET``
-    elements and never held whole."""
-    rows = max(1, ELEMENT_BUDGET // max(1, num_points * event_numel))
+    matrix of log q(z_r | x_j) is built in row chunks of at most
+    :func:`lvm_pyro.inference.evaluation.default_element_budget` elements and never held
+    whole."""
+    rows = max(1, default_element_budget(z.device) // max(1, num_points * event_numel))
     log_m = math.log(num_points)
     cond, agg, loo = [], [], []
     for s in range(0, z.shape[0], rows):

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..checks import all_finite, data_checks_enabled
 from ..sites import LATENT, data_plate
+from ..memo import memoized
 from ..registration import CachedPyroModule
 
 __all__ = ["AmortizedNormalGuide"]
@@ -57,10 +58,13 @@ class AmortizedNormalGuide(CachedPyroModule):
             ValueError: x contains NaN or infinite values (not checked inside
                 :func:`lvm_pyro.checks.skip_data_checks`, for data already passed through
                 :meth:`check_data`).
+
+        Inside an evaluation's particle chunks (:func:`lvm_pyro.memo.reuse_within`, no
+        gradients) the encoder's output for the same x is computed once.
         """
         if data_checks_enabled():
             self.check_data(x)
-        h = self.encoder(x)  # (batch, 2, z_dim)
+        h = memoized(self.encoder, x)  # (batch, 2, z_dim)
         if h.shape[-2:] != (2, self.z_dim):
             raise ValueError(f"encoder must output (..., 2, {self.z_dim}), got {tuple(h.shape)}")
         loc, raw = h.unbind(-2)  # one view backward, not two zero-filled selects

@@ -10,6 +10,8 @@ from typing import Callable, Iterator, NamedTuple, Optional
 import pyro
 import torch
 
+from ..checks import skip_data_checks
+from ..memo import reuse_within
 from .log_weights import (LogWeights, guess_max_plate_nesting, log_weights,
                           site_log_prob_per_datapoint)
 from .program import check_not_point_mass, latent_sites, observed_sites
@@ -18,8 +20,21 @@ __all__ = ["iter_log_weights", "log_marginal_likelihood", "elbo_per_datapoint", 
            "bits_per_dim", "logmeanexp", "BitsPerDimOffset", "bits_per_dim_offset", "NLLReport",
            "nll_report", "ELBOParts", "elbo_parts"]
 
-#: default number of (particle x datapoint x data-element) floats evaluated at once
+#: default number of (particle x datapoint x data-element) floats evaluated at once on an
+#: accelerator (its caching allocator reuses chunk buffers of any size)
 DEFAULT_ELEMENT_BUDGET = 2 ** 24
+#: the same on the CPU: 2**22 float32 elements are 16 MiB per tensor, under glibc's largest
+#: dynamic mmap threshold (32 MiB), so each chunk's buffers are reused from the heap; above
+#: it every buffer is a fresh mmap, page-faulted in and returned on free. At 2**24 those
+#: page faults were about 40% of the CPU time of a 200-image x 5000-particle evaluation
+#: (``benchmarks/bench_nll_eval.py``)
+CPU_ELEMENT_BUDGET = 2 ** 22
+
+
+def default_element_budget(device: torch.device) -> int:
+    """Floats evaluated at once by default on ``device``: :data:`CPU_ELEMENT_BUDGET` on the
+    CPU, :data:`DEFAULT_ELEMENT_BUDGET` elsewhere."""
+    return CPU_ELEMENT_BUDGET if torch.device(device).type == "cpu" else DEFAULT_ELEMENT_BUDGET
 
 
 def logmeanexp(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -33,7 +48,7 @@ def _chunk(num_samples: int, x: torch.Tensor, chunk_size: Optional[int]) -> int:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         return min(chunk_size, num_samples)
     per_particle = max(1, x.numel())
-    return max(1, min(num_samples, DEFAULT_ELEMENT_BUDGET // per_particle))
+    return max(1, min(num_samples, default_element_budget(x.device) // per_particle))
 
 
 def iter_log_weights(model: Callable, guide: Callable, x: torch.Tensor, num_samples: int, *,
@@ -43,10 +58,13 @@ def iter_log_weights(model: Callable, guide: Callable, x: torch.Tensor, num_samp
                      vectorize_particles: bool = True) -> Iterator[LogWeights]:
     """:func:`log_weights` for ``num_samples`` particles per datapoint, in chunks of at most
     ``chunk_size`` particles (default: as many as keep particles x elements of x under
-    2**24), so that memory is O(chunk x batch). Yields one :class:`LogWeights` per chunk;
+    :func:`default_element_budget`: 2**22 on the CPU, 2**24 elsewhere), so that memory is
+    O(chunk x batch). Yields one :class:`LogWeights` per chunk;
     the chunks' ``log_w`` (k, batch) together hold ``num_samples`` rows. Chunks after the
-    first run with Pyro's validation off (the first one checks the programs as the
-    caller's setting says).
+    first run with Pyro's validation and our programs' data checks off (the first one
+    checks the programs and x as the caller's setting says), and an amortised guide's
+    encoder output is computed once for all chunks (:mod:`lvm_pyro.memo`; without
+    gradients only).
     ``vectorize_particles=False`` runs the particles one at a time (see
     :func:`log_weights`).
 
@@ -60,16 +78,23 @@ def iter_log_weights(model: Callable, guide: Callable, x: torch.Tensor, num_samp
         max_plate_nesting = guess_max_plate_nesting(model, guide, x, num_data, idx)
     chunk = _chunk(num_samples, x, chunk_size)
     done = 0
+    memo: dict = {}  # the guide's particle-invariant outputs (lvm_pyro.memo), per call
     while done < num_samples:
         k = min(chunk, num_samples - done)
-        # the first chunk runs with Pyro's validation as the caller has it; the others,
-        # the same programs on the same data with fresh draws of q, without it (the
-        # per-draw support checks of every latent)
-        with contextlib.nullcontext() if done == 0 else pyro.validation_enabled(False):
+        # the first chunk runs with Pyro's validation and our programs' data checks as
+        # the caller has them; the others, the same programs on the same x with fresh
+        # draws of q, without them (the per-draw support checks of every latent; x was
+        # checked by the first chunk)
+        later = contextlib.ExitStack()
+        if done:
+            later.enter_context(pyro.validation_enabled(False))
+            later.enter_context(skip_data_checks())
+        with later, reuse_within(memo):
             out = log_weights(model, guide, x, k, num_data=num_data, idx=idx,
                               max_plate_nesting=max_plate_nesting,
                               vectorize_particles=vectorize_particles)
         yield out
+        del out  # hold one chunk's traces at a time (the caller should drop its reference too)
         done += k
 
 
@@ -90,8 +115,8 @@ def log_marginal_likelihood(model: Callable, guide: Callable, x: torch.Tensor,
         x: (batch, ...) observations.
         num_samples: K >= 1 importance samples per datapoint.
         chunk_size: particles evaluated per vectorised pass (default: as many as keep
-            particles x elements under 2**24); chunks are combined with a running
-            logsumexp, so memory is O(chunk x batch) and the result does not depend on it
+            particles x elements under :func:`default_element_budget`, 2**22 on the CPU,
+            2**24 elsewhere); chunks are combined with a running logsumexp, so memory is O(chunk x batch) and the result does not depend on it
             beyond floating-point rounding.
         num_data, idx, max_plate_nesting: as for :func:`lvm_pyro.inference.log_weights`.
         vectorize_particles: ``False`` runs the particles one at a time, for programs
@@ -114,6 +139,7 @@ def log_marginal_likelihood(model: Callable, guide: Callable, x: torch.Tensor,
             check_not_point_mass(out.model_trace, out.guide_trace, "log_marginal_likelihood")
         part = torch.logsumexp(out.log_w, dim=0)
         running = part if running is None else torch.logaddexp(running, part)
+        del out  # the chunk's traces (decoder outputs): freed before the next chunk runs
     return running - math.log(num_samples)
 
 

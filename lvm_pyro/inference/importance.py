@@ -98,7 +98,8 @@ def importance_estimate(model: Callable, proposal: Callable, x: torch.Tensor,
         x: (batch, ...) observations.
         num_samples: K >= 1 samples per datapoint.
         chunk_size: particles per vectorised pass (default: as many as keep particles x
-            data elements under 2**24).
+            data elements under
+            :func:`lvm_pyro.inference.evaluation.default_element_budget`).
         num_data, idx: passed to the programs (the data plate); unscaled log weights are
             used either way.
         keep_log_w: also return the (K, batch) log weights (memory O(K x batch)).
@@ -120,6 +121,7 @@ def importance_estimate(model: Callable, proposal: Callable, x: torch.Tensor,
         lse2 = b if lse2 is None else torch.logaddexp(lse2, b)
         if keep_log_w:
             kept.append(lw)
+        del out, lw  # the chunk's traces: freed before the next chunk runs
     log_px = lse - math.log(num_samples)
     ess = torch.exp(2 * lse - lse2)
     return ImportanceEstimate(log_px, ess, int(num_samples),

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import lvm_pyro.data.datasets as datasets
-from lvm_pyro.data import Binarizer, DatasetNotFoundError, binarize, binarize_test, load_dataset
+from lvm_pyro.data import (Binarizer, DatasetNotFoundError, binarize, binarize_chunked,
+                           binarize_test, load_dataset)
 
 
 def _write_idx(path, arr: np.ndarray):
@@ -118,6 +119,26 @@ def test_digits_split_is_fixed_and_disjoint():
     # no test image appears in the training split
     d = torch.cdist(te.images.flatten(1), tr.images.flatten(1))
     assert int((d.min(1).values == 0).sum()) < 5  # (the digits set has a few exact duplicates)
+
+
+def test_chunked_binarization_is_bernoulli_of_the_intensities():
+    # per-pixel probabilities 0, 0.1, ..., 1 over 4000 images: each pixel's frequency within
+    # 5 sd of its p (sd <= sqrt(.25 / 4000) = 0.0079), 0 and 1 exact
+    p = torch.linspace(0, 1, 11).repeat(4000, 1).reshape(4000, 1, 11)
+    b = binarize_chunked(p, torch.Generator().manual_seed(0), chunk=777)  # chunks cut rows
+    assert b.shape == p.shape and b.dtype == p.dtype and set(b.unique().tolist()) <= {0.0, 1.0}
+    freq = b.mean(0).flatten()
+    assert freq[0] == 0 and freq[-1] == 1
+    assert (freq - torch.linspace(0, 1, 11)).abs().max() < 5 * 0.0079
+    # exactly u < p with u the generator's uniforms in order: any chunk size, the same bits
+    u = torch.empty(p.numel()).uniform_(generator=torch.Generator().manual_seed(0))
+    assert torch.equal(b.flatten(), (u < p.flatten()).float())
+    assert torch.equal(binarize_chunked(p.double(), torch.Generator().manual_seed(3), chunk=5),
+                       binarize_chunked(p.double(), torch.Generator().manual_seed(3)))
+    with pytest.raises(ValueError, match="\\[0, 1\\]"):
+        binarize_chunked(p + 0.5)
+    with pytest.raises(ValueError, match="floating-point"):
+        binarize_chunked(torch.ones(3, dtype=torch.uint8))
 
 
 def test_binarization_statistics_and_modes():

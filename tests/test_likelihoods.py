@@ -74,3 +74,16 @@ def test_gaussian_likelihood_equals_pyro_normal():
 
     (a, ga), (b, gb) = _grad(ours, params), _grad(reference, params)
     assert torch.equal(a, b) and torch.allclose(ga, gb, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("value", [0.5, 1e-45, 1 - 2 ** -24, float("nan"), float("inf"),
+                                   -float("inf"), 2.0, -1e-38, 1e30])
+def test_bernoulli_support_check_refuses_every_non_binary_value(value):
+    from lvm_pyro.models.likelihoods import BernoulliLikelihood
+
+    x = torch.zeros(4, 6)
+    x[2, 3] = value  # one bad entry among binary ones (denormal, near 1, NaN, inf, huge)
+    with pytest.raises(ValueError, match="binary data"):
+        BernoulliLikelihood().check_support(x)
+    BernoulliLikelihood().check_support(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))  # binary: fine
+    BernoulliLikelihood().check_support(torch.tensor([[0, 1]], dtype=torch.uint8))

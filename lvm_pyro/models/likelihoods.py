@@ -109,6 +109,11 @@ class BernoulliLikelihood(Likelihood):
     def check_support(self, x, site="x"):
         if not torch.is_floating_point(x):
             x = x.float()
+        # one product pass: x (1 - x) is 0 exactly for x in {0, 1}, and nonzero (or NaN)
+        # for any other value, NaN and +-inf included (no underflow: |x (1 - x)| >= min(|x|,
+        # |1 - x|) / 2 for x near 0 or 1); the message's details only when it fails
+        if not bool((x * (1 - x)).any()):
+            return
         bad = (x != 0) & (x != 1)
         if bool(bad.any()):
             v = x[bad].flatten()[0].item()

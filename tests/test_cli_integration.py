@@ -211,6 +211,11 @@ def test_dequantised_models_fit_and_report_the_bound_as_bits_per_dim(args, tmp_p
         load_dataset("digits", "test").images[:2]).nodes
     if "--likelihood" in args:
         assert m["test_kl"] is not None and m["active_units"] is not None
+        assert (out / "reconstructions.png").exists() and "flow_note" not in m
+    else:  # a flow: no latent code, no reconstructions; its KL is of the noise u
+        assert not (out / "reconstructions.png").exists() and (out / "samples.png").exists()
+        assert "KL(q(u | x) || U[0, 1)^D)" in m["flow_note"]
+        assert m["test_kl"] >= -1e-4  # E_q log q(u | x) >= 0 on the unit cube
 
 
 @pytest.mark.parametrize("args, message", [

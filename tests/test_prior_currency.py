@@ -5,6 +5,7 @@ run's prior is stale, and a prior from before fingerprints falls back to the tim
 import os
 import shutil
 
+import pytest
 import torch
 
 from lvm_pyro.training.checkpoint import file_fingerprint, save_checkpoint
@@ -45,3 +46,22 @@ def test_a_prior_without_a_fingerprint_is_judged_by_time_and_a_corrupt_one_is_st
     assert not prior_is_current(run)
     (run / PRIOR_CHECKPOINT).write_bytes(b"not a checkpoint")
     assert not prior_is_current(run)
+
+
+def test_prior_problem_tells_a_corrupt_prior_from_a_stale_one(tmp_path):
+    from lvm_pyro.training.prior_stage import prior_problem
+    from lvm_pyro.training.rejection_sampling import check_rejection_ready
+
+    run = _run(tmp_path)
+    assert prior_problem(run) is None  # no prior file: nothing wrong with it
+    save_checkpoint(run / PRIOR_CHECKPOINT, {"config": {"fitted_to": fitted_to(run)}})
+    assert prior_problem(run) is None  # current
+    save_checkpoint(run / "checkpoint.pt", {"modules": {"w": torch.ones(4)}, "config": {}})
+    assert "earlier training" in prior_problem(run)
+    (run / PRIOR_CHECKPOINT).write_bytes(b"not a checkpoint")
+    problem = prior_problem(run)
+    assert problem.startswith("is unreadable") and "earlier training" not in problem
+    # the rejection sampler's check says the same (a VQ-VAE-2 run's config)
+    (run / "config.json").write_text('{"model": "vqvae2"}')
+    with pytest.raises(Exception, match="is unreadable"):
+        check_rejection_ready(run)

@@ -33,7 +33,12 @@ def _snapshot(d: Path) -> dict:
 def test_fit_refuses_an_existing_run_unless_resume_or_force(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["fit", "--out", str(out), *TINY]) == 0
-    (out / "diagnostics.json").write_text('{"about": "the old model"}')
+    old_files = ("diagnostics.json", "disentanglement.json", "classifier_metrics.json",
+                 "classifier_rejection.pt")  # what later commands write about the old run
+    for name in old_files:
+        (out / name).write_text('{"about": "the old model"}')
+    (out / "tensorboard").mkdir()
+    (out / "tensorboard" / "events.out.tfevents.1").write_text("old curves")
     before = _snapshot(out)
     capsys.readouterr()
     assert main(["fit", "--out", str(out), *TINY, "--seed", "1"]) == 2
@@ -45,7 +50,9 @@ def test_fit_refuses_an_existing_run_unless_resume_or_force(tmp_path, capsys):
                  "--data-root", str(tmp_path / "missing")]) == 2
     assert _snapshot(out) == before
     assert main(["fit", "--out", str(out), *TINY, "--seed", "1", "--force"]) == 0
-    assert not (out / "diagnostics.json").exists()  # nothing of the old run left behind
+    for name in old_files:  # nothing of the old run left behind
+        assert not (out / name).exists(), name
+    assert not (out / "tensorboard").exists()
     assert json.loads((out / "config.json").read_text())["seed"] == 1
     # another file of the user's in the folder is kept
     (out / "notes.txt").write_text("mine")

@@ -156,6 +156,16 @@ def test_sample_with_threshold_needs_a_vqvae2_run_with_a_classifier(tmp_path, ca
     assert not (run / "sample").exists()  # refused before drawing any picture
 
 
+def test_fit_classifier_refuses_a_run_that_is_not_vqvae2(tmp_path, capsys):
+    run = tmp_path / "vae"
+    assert main(["fit", "--model", "vae", "--data", "digits", "--epochs", "1", "--num-test", "20",
+                 "--num-samples", "2", "--no-progress", "--out", str(run)]) == 0
+    assert main(["fit-classifier", str(run), "--epochs", "1", "--num-train", "50"]) == 2
+    err = capsys.readouterr().err
+    assert "vae run" in err and "vqvae2" in err
+    assert not (run / "classifier_metrics.json").exists()  # refused before any training
+
+
 @torch.no_grad()
 def test_class_mixture_prior_is_normalised_and_sums_over_classes():
     """On 1x2 top grids and 2x4 bottom grids with K = 2: the top mixture sums to 1 over

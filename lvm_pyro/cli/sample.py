@@ -42,12 +42,13 @@ def run(a: argparse.Namespace) -> int:
                              f"{a.classifier_threshold}")
         check_rejection_ready(a.run_dir)  # before drawing any picture
     paths = sample_run(a.run_dir, num_samples=a.num_samples, out_dir=out, data_root=a.data_root)
-    from ..training.prior_stage import PRIOR_CHECKPOINT, prior_is_current
+    from ..training.prior_stage import prior_problem
 
-    if (Path(a.run_dir) / PRIOR_CHECKPOINT).exists() and not prior_is_current(a.run_dir):
-        print(f"note: the code prior in {a.run_dir} was fitted to an earlier training of the run, "
-              f"so no prior samples were drawn (older prior pictures are stale); refit it: "
-              f"lvm-pyro fit-prior {a.run_dir} --force", file=sys.stderr)
+    problem = prior_problem(a.run_dir)
+    if problem is not None:
+        print(f"note: the code prior in {a.run_dir} {problem}, so no prior samples were drawn "
+              f"(older prior pictures are stale); refit it: lvm-pyro fit-prior {a.run_dir} "
+              "--force", file=sys.stderr)
     print("\n".join(f"{k}: {v}" for k, v in paths.items()))
     if a.classifier_threshold is not None:
         from ..training.rejection_sampling import REJECTION_FILE, rejection_sample_run

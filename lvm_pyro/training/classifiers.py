@@ -121,7 +121,8 @@ def fit_run_classifiers(run_dir: str | Path, config: Optional[ClassifierConfig] 
 
     Raises:
         ClassifierExistsError: a classifier of a role is stored and ``force`` is not set.
-        ValueError: an unknown role, data without (two or more) labels.
+        ValueError: an unknown role, data without (two or more) labels, a run that is
+            not VQ-VAE-2 (nothing else uses the classifiers).
         CheckpointError: not a run directory.
     """
     from .rundir import read_json, write_json
@@ -133,6 +134,10 @@ def fit_run_classifiers(run_dir: str | Path, config: Optional[ClassifierConfig] 
     if not roles:
         raise ValueError("roles is empty: pass rejection and / or evaluation")
     cfg, _ = read_run_config(run_dir)
+    if cfg.model_name != "vqvae2":  # the classifiers serve VQ-VAE-2's class-conditional sampling
+        raise ValueError(f"{run_dir} is a {cfg.model_name} run; the classifiers serve classifier "
+                         "rejection of a VQ-VAE-2 run's class-conditional samples (lvm-pyro fit "
+                         "--model vqvae2, fit-prior, then fit-classifier)")
     if data_root is not None:
         cfg = cfg.replace(data_root=str(data_root))
     for r, path in paths.items():

@@ -43,7 +43,7 @@ from .config import PriorConfig
 from .loop import Trainer
 from .rundir import CHECKPOINT_FILE, METRICS_FILE, RunFileError, read_json
 
-__all__ = ["PRIOR_CHECKPOINT", "PRIOR_METRICS", "PriorExistsError", "encode_codes",
+__all__ = ["prior_problem", "PRIOR_CHECKPOINT", "PRIOR_METRICS", "PriorExistsError", "encode_codes",
            "fit_prior", "load_prior", "prior_is_current", "fitted_to", "decode_codes", "two_stage_bound",
            "save_prior_samples"]
 
@@ -147,6 +147,22 @@ def prior_is_current(run_dir: str | Path) -> bool:
     return recorded == file_fingerprint(run)
 
 
+def prior_problem(run_dir: str | Path) -> Optional[str]:
+    """Why the run's prior file cannot be used, in words for a message: ``"is unreadable
+    (...)"`` (a corrupt or truncated file) or ``"was fitted to an earlier training of the
+    run (its checkpoint has changed since)"``; ``None`` when there is no prior file or it
+    is current (:func:`prior_is_current`)."""
+    run_dir = Path(run_dir)
+    prior = run_dir / PRIOR_CHECKPOINT
+    if not prior.exists() or prior_is_current(run_dir):
+        return None
+    try:
+        load_checkpoint(prior)["config"]
+    except (CheckpointError, KeyError, TypeError) as e:
+        return f"is unreadable ({e})"
+    return "was fitted to an earlier training of the run (its checkpoint has changed since)"
+
+
 def load_prior(run_dir: str | Path, device: str = "cpu") -> GatedPixelCNNPrior:
     """The fitted prior of a run directory.
 
@@ -243,10 +259,10 @@ def fit_prior(run_dir: str | Path, config: Optional[PriorConfig] = None, *,
         raise ValueError("give resume (continue the prior's fit) or force (replace the prior), "
                          "not both")
     run = load_run(run_dir, data_root=data_root)
-    if (run_dir / PRIOR_CHECKPOINT).exists() and not force and not prior_is_current(run_dir):
-        raise PriorExistsError(f"{run_dir / PRIOR_CHECKPOINT} holds a prior fitted to an earlier "
-                               "training of this run (its checkpoint has changed since): replace "
-                               "it with --force (force=True)")
+    problem = prior_problem(run_dir)
+    if problem is not None and not force:
+        raise PriorExistsError(f"{run_dir / PRIOR_CHECKPOINT} {problem}: replace it with --force "
+                               "(force=True)")
     if (run_dir / PRIOR_CHECKPOINT).exists() and not (resume or force):
         raise PriorExistsError(f"{run_dir / PRIOR_CHECKPOINT} already holds a fitted prior; "
                                "pass --force (force=True) to replace it, or --resume "

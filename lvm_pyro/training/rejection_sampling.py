@@ -58,7 +58,7 @@ def check_rejection_ready(run_dir: str | Path) -> None:
     """
     from .checkpoint import CheckpointError
     from .classifiers import classifier_path
-    from .prior_stage import prior_is_current
+    from .prior_stage import PRIOR_CHECKPOINT, prior_is_current, prior_problem
     from .run import read_run_config
 
     cfg, _ = read_run_config(run_dir)
@@ -67,9 +67,12 @@ def check_rejection_ready(run_dir: str | Path) -> None:
                          f"priors (lvm-pyro fit --model vqvae2, then fit-prior); {run_dir} is a "
                          f"{cfg.model_name} run")
     if not prior_is_current(run_dir):
-        raise CheckpointError(f"{run_dir} has no priors fitted to its present checkpoint; fit "
-                              f"them: lvm-pyro fit-prior {run_dir} (add --force to replace "
-                              "priors fitted to an earlier training)")
+        problem = prior_problem(run_dir)
+        if problem is None:
+            raise CheckpointError(f"{run_dir} has no fitted priors; fit them: lvm-pyro "
+                                  f"fit-prior {run_dir}")
+        raise CheckpointError(f"{run_dir / PRIOR_CHECKPOINT} {problem}; refit the priors: "
+                              f"lvm-pyro fit-prior {run_dir} --force")
     if not classifier_path(run_dir, "rejection").exists():
         raise CheckpointError(f"{classifier_path(run_dir, 'rejection')} does not exist; train "
                               f"the classifiers first: lvm-pyro fit-classifier {run_dir}")

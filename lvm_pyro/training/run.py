@@ -475,6 +475,12 @@ def evaluate_run(run_dir: str | Path, *, num_samples: int = 1000, num_test: Opti
         "eval_seconds": time.perf_counter() - t0, "versions": _versions(),
         "config": config.to_dict(),
     }
+    if config.model_name == "flow":  # its one latent is the dequantisation noise u
+        metrics["flow_note"] = (
+            "a flow's only latent is the dequantisation noise u: test_kl is "
+            "KL(q(u | x) || U[0, 1)^D) = E_q log q(u | x) (0 for uniform dequantisation) and "
+            "test_reconstruction is E_q log p(x + u) with the L^-D change of variables (the "
+            "density's term of the bound); a flow has no reconstructions (it is invertible)")
     metrics.update(latent_metrics(model, guide, x, batch_size=batch_size))
     metrics.update(build_metrics(config, model, guide, x))  # model-specific (e.g. VQ-VAE usage)
     return metrics
@@ -542,8 +548,8 @@ def sample_run(run_dir: str | Path, *, num_samples: int = 64, model=None, guide=
                config=None, out_dir: Optional[str | Path] = None,
                data_root: Optional[str | Path] = None) -> dict[str, Path]:
     """Write ``samples.png`` (decoder means at prior draws) and ``reconstructions.png``
-    (test originals above reconstructions) into ``out_dir`` (default: the run
-    directory); for 2-D vector data (event shape (2,)) ``samples.png`` is instead a scatter
+    (test originals above reconstructions; not for a flow, which has no latent code) into
+    ``out_dir`` (default: the run directory); for 2-D vector data (event shape (2,)) ``samples.png`` is instead a scatter
     of test data and draws x ~ p(x) of the program, and other non-image data get no
     pictures; for a VQ-VAE run with a code prior fitted by ``lvm-pyro fit-prior`` also
     ``prior_samples.png`` and ``prior_vs_reconstructions.png``
@@ -570,8 +576,10 @@ def sample_run(run_dir: str | Path, *, num_samples: int = 64, model=None, guide=
     if x.dim() != 4:  # no picture for other non-image data
         return {}
     x = x[:num_samples]
-    out = {"samples": save_grid(prior_samples(model, x), out_dir / "samples.png"),
-           "reconstructions": save_reconstructions(model, guide, x[:32], out_dir / "reconstructions.png")}
+    out = {"samples": save_grid(prior_samples(model, x), out_dir / "samples.png")}
+    if config.model_name != "flow":  # an invertible flow has no latent code to reconstruct from
+        out["reconstructions"] = save_reconstructions(model, guide, x[:32],
+                                                      out_dir / "reconstructions.png")
     from .prior_stage import prior_is_current, save_prior_samples
     from .prior_stage2 import is_vqvae2, load_vqvae2_priors, save_class_samples
     if prior_is_current(run_dir) and is_vqvae2(model):  # both levels: top, then bottom | top

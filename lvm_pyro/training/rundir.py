@@ -30,7 +30,9 @@ SAMPLE_DIR = "sample"
 RUN_ARTIFACTS = (CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE, "evaluation.json",
                  "diagnostics.json", "diag_*.png", "samples.png", "reconstructions.png",
                  "loss_curve.png", "prior_checkpoint.pt", "prior_metrics.json",
-                 "prior_samples.png", "prior_vs_reconstructions.png", f"{SAMPLE_DIR}/*.png")
+                 "prior_samples.png", "prior_vs_reconstructions.png", f"{SAMPLE_DIR}/*.png",
+                 f"{SAMPLE_DIR}/rejection.json", "disentanglement.json", "classifier_*.pt",
+                 "classifier_metrics.json", "tensorboard")
 
 
 class RunExistsError(CheckpointError):

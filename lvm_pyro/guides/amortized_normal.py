@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Optional
 
 import pyro
+import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..checks import all_finite, data_checks_enabled
-from ..distributions import ReparamNormal
 from ..sites import LATENT, data_plate
 from ..memo import memoized
 from ..registration import CachedPyroModule
@@ -23,8 +23,6 @@ class AmortizedNormalGuide(CachedPyroModule):
 
         loc, raw = encoder(x)                  encoder: (..., *event_shape) -> (..., 2, z_dim)
         z ~ N(loc, softplus(raw) + min_scale)  site "z", inside the "data" plate
-
-    (a :class:`lvm_pyro.distributions.ReparamNormal`: log q at its own draw from eps)
 
     Args:
         encoder: torch module producing (..., 2, z_dim) from x (see :mod:`lvm_pyro.nn`).
@@ -76,4 +74,4 @@ class AmortizedNormalGuide(CachedPyroModule):
                 idx: Optional[torch.Tensor] = None) -> torch.Tensor:
         loc, scale = self.loc_scale(x)
         with data_plate(x, num_data, idx):
-            return pyro.sample(LATENT, ReparamNormal(loc, scale).to_event(1))
+            return pyro.sample(LATENT, dist.Normal(loc, scale).to_event(1))

@@ -22,7 +22,6 @@ import torch
 from ..nn.pixelcnn import GatedPixelCNN
 from ..nn.pixelcnn_sampling import inverse_cdf, sample_cached, sample_naive
 from ..registration import CachedPyroModule
-from ..distributions import StandardNormal
 from ..sites import LATENT, OBS, data_plate
 from ..checks import data_checks_enabled
 from .likelihoods import (BernoulliLikelihood, DiscretizedLogisticLikelihood, Likelihood,
@@ -177,8 +176,7 @@ class PixelCNNDecoderVAE(ObservationChecks, CachedPyroModule):
             self.check_data(x)
         zero = x.new_zeros(())
         with data_plate(x, num_data, idx):
-            z = pyro.sample(LATENT, StandardNormal((self.z_dim,), dtype=zero.dtype,
-                                                    device=zero.device).to_event(1))
+            z = pyro.sample(LATENT, dist.Normal(zero, 1.0).expand([self.z_dim]).to_event(1))
             pyro.sample(OBS, self.conditional(x, z), obs=x)
 
     # -- sampling ----------------------------------------------------------------------

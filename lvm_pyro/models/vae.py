@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import pyro
+import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ..distributions import StandardNormal
 from ..sites import LATENT, OBS, data_plate
 from ..checks import data_checks_enabled
 from .likelihoods import Likelihood, ObservationChecks
@@ -54,8 +54,7 @@ class VAEModel(ObservationChecks, CachedPyroModule):
             self.check_data(x)
         zero = x.new_zeros(())
         with data_plate(x, num_data, idx):
-            z = pyro.sample(LATENT, StandardNormal((self.z_dim,), dtype=zero.dtype,
-                                                    device=zero.device).to_event(1))
+            z = pyro.sample(LATENT, dist.Normal(zero, 1.0).expand([self.z_dim]).to_event(1))
             params = self.decoder(z)  # (..., batch, P, *event_shape)
             pyro.sample(OBS, self.likelihood(params, len(self.event_shape)), obs=x)
 

@@ -26,7 +26,7 @@ Gaussian likelihood, batch 128), measured first, before the epochs.
     python benchmarks/bench_vae_epoch.py --subset 6000 --rounds 1      # a quick look
     python benchmarks/bench_vae_epoch.py --profile       # where one step's time goes
     python benchmarks/bench_vae_epoch.py --epochs-nll 10 # + test NLL after 10 epochs
-    python benchmarks/bench_vae_epoch.py --nll-only --epochs-nll 10 --out benchmarks/results/vae_epoch_nll.json
+    python benchmarks/bench_vae_epoch.py --nll-only --epochs-nll 10 --nll-seeds 3 --out benchmarks/results/vae_epoch_nll.json
 
 Writes ``benchmarks/results/vae_epoch.json`` and ``vae_epoch.md`` (with ``uptime``, the
 machine's load, at the start and the end).
@@ -212,6 +212,7 @@ def ours_epochs(x, epochs, k, seed=0, cfg=CFG, batch=BATCH, compiled=False):
     """Our Trainer; ``compiled``: ``Trainer(compile_networks=True)`` warmed up (compiled)
     on one epoch of the first 200 images before the clock starts."""
     pyro.clear_param_store()
+    torch.manual_seed(seed)  # the initial weights, as the plain loop's
     model, guide = build_vae(cfg, x.shape[1:])
     elbo = Trace_ELBO() if k == 1 else IWAE_ELBO(num_particles=k)
     t = Trainer(model, guide, elbo, lr=LR, batch_size=batch, seed=seed, progress=False,
@@ -363,7 +364,7 @@ def profile_steps(x, k, steps=200):
 
 
 # -- NLL after training -----------------------------------------------------------------
-def plain_nll(net, x_test, num_samples=5000, chunk=500):
+def plain_nll(net, x_test, num_samples=5000, chunk=50):
     """log p(x) per test image by importance sampling with the plain nets."""
     out = []
     with torch.no_grad():
@@ -377,21 +378,37 @@ def plain_nll(net, x_test, num_samples=5000, chunk=500):
     return torch.cat(out)
 
 
-def nll_comparison(x, epochs):
+def nll_comparison(x, epochs, seeds=1):
     """Test NLL (K=5000, first 2000 test images binarised with seed 0) of the plain loop and
-    our Trainer after ``epochs`` single-sample-ELBO epochs each; the paired difference's
-    mean and standard error over the test images."""
+    our Trainer after ``epochs`` single-sample-ELBO epochs each, for training seeds 0 ..
+    ``seeds`` - 1: per seed both NLLs and the paired difference's mean and standard error
+    over the test images; with several seeds also each system's mean and standard deviation
+    over seeds and the difference of the means with its standard error over seeds."""
     xt = binarize_test(load_dataset("fashion-mnist", "test").images[:2000])
-    _, net = plain_epochs(x, epochs, 1)
-    lp_plain = plain_nll(net, xt)
-    _, (model, guide) = ours_epochs(x, epochs, 1)
-    lp = torch.cat([log_marginal_likelihood(model, guide, xt[i:i + 100], num_samples=5000)
-                    for i in range(0, len(xt), 100)])
-    diff = (lp_plain - lp).double()  # NLL(ours) - NLL(plain) per test image
-    return {"epochs": epochs, "plain": summarize_nll(lp_plain, 784)._asdict(),
-            "lvm_pyro": summarize_nll(lp, 784)._asdict(),
-            "paired_difference": {"mean": float(diff.mean()),
-                                  "se": float(diff.std() / math.sqrt(len(diff)))}}
+    runs = []
+    for seed in range(seeds):
+        _, net = plain_epochs(x, epochs, 1, seed=seed)
+        lp_plain = plain_nll(net, xt)
+        _, (model, guide) = ours_epochs(x, epochs, 1, seed=seed)
+        lp = torch.cat([log_marginal_likelihood(model, guide, xt[i:i + 100], num_samples=5000)
+                        for i in range(0, len(xt), 100)])
+        diff = (lp_plain - lp).double()  # NLL(ours) - NLL(plain) per test image
+        runs.append({"seed": seed, "plain": summarize_nll(lp_plain, 784)._asdict(),
+                     "lvm_pyro": summarize_nll(lp, 784)._asdict(),
+                     "paired_difference": {"mean": float(diff.mean()),
+                                           "se": float(diff.std() / math.sqrt(len(diff)))}})
+        print(f"seed {seed}: NLL plain {runs[-1]['plain']['nll']:.2f}, lvm_pyro "
+              f"{runs[-1]['lvm_pyro']['nll']:.2f}", flush=True)
+    out = {"epochs": epochs, **runs[0], "seeds": runs}
+    if seeds > 1:
+        p = torch.tensor([r["plain"]["nll"] for r in runs], dtype=torch.float64)
+        o = torch.tensor([r["lvm_pyro"]["nll"] for r in runs], dtype=torch.float64)
+        out["over_seeds"] = {
+            "plain": {"mean": float(p.mean()), "sd": float(p.std())},
+            "lvm_pyro": {"mean": float(o.mean()), "sd": float(o.std())},
+            "difference_of_means": float(o.mean() - p.mean()),
+            "difference_se": float(math.sqrt(p.var() / seeds + o.var() / seeds))}
+    return out
 
 
 def _summary(times):
@@ -399,14 +416,20 @@ def _summary(times):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "),
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " ")
+                                 + " plain PyTorch, Pyro SVI (examples style, JitTrace_ELBO)"
+                                 " and the lvm_pyro Trainer; see the module docstring.",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--subset", type=int, default=None, help="train on the first N images")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (>= 3 for the table)")
+    ap.add_argument("--subset", type=int, default=None, help="train on the first N training images (default: all 60000)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds: each round times one epoch of every system in turn "
+                         "(>= 3 for the table; median and range over rounds)")
     ap.add_argument("--toy-steps", type=int, default=500, help="timed steps per round of the 2-D toy")
     ap.add_argument("--profile", action="store_true", help="only profile 200 steps of each")
     ap.add_argument("--epochs-nll", type=int, default=0,
                     help="also train plain and ours N epochs and compare test NLL (0: no)")
+    ap.add_argument("--nll-seeds", type=int, default=1,
+                    help="with --epochs-nll: train both with seeds 0 .. N-1 and report the "
+                         "spread of the test NLL over seeds")
     ap.add_argument("--blocks", action="store_true",
                     help="only the step ratio with plain and Trainer steps alternating in "
                          "50-step blocks over 600 steps each, K=1 and K=5, written to --out")
@@ -439,7 +462,7 @@ def main():
     if a.nll_only:
         if not a.epochs_nll:
             ap.error("--nll-only needs --epochs-nll N")
-        res = {"n_train": len(x), "nll": nll_comparison(x, a.epochs_nll)}
+        res = {"n_train": len(x), "nll": nll_comparison(x, a.epochs_nll, a.nll_seeds)}
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(res, indent=2))
         print(json.dumps(res, indent=2))
@@ -470,7 +493,7 @@ def main():
                                zip(ts, res["seconds"][col]["plain PyTorch"])])
                   for s, ts in res["seconds"][col].items()} for col in COLUMNS}
     if a.epochs_nll:
-        res["nll"] = nll_comparison(x, a.epochs_nll)
+        res["nll"] = nll_comparison(x, a.epochs_nll, a.nll_seeds)
     res["compile_seconds"] = COMPILE_SECONDS
     res["uptime_end"] = os.popen("uptime").read().strip()
     out = Path(a.out)

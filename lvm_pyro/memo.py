@@ -10,8 +10,9 @@ paper's one-layer VAE is about 3% of each chunk's time on a CPU.
 :func:`reuse_within` activates a memo (a dict owned by the caller, kept across the
 chunks) on this thread; :func:`memoized` returns a stored output when it is active,
 gradients are off, and the input is the very same tensor, unmodified (same ``_version``),
-through a module whose parameters are unmodified (same ``_version`` each). Anything else
-computes afresh. Outside :func:`reuse_within` (training, any call with gradients)
+through a module whose parameters and buffers are unmodified (same ``_version`` and
+storage each) and whose train/eval mode is unchanged. Anything else computes afresh
+(see :func:`memoized` for what the key cannot see: writes through ``.data``). Outside :func:`reuse_within` (training, any call with gradients)
 nothing is stored. A guide of a user's own opts in by calling :func:`memoized` on its
 encoder (as :class:`lvm_pyro.guides.AmortizedNormalGuide` does).
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Hashable, Iterator
 
 import torch
 from torch import nn
@@ -44,32 +45,48 @@ def reuse_within(memo: dict) -> Iterator[dict]:
 
 
 def _key(module: nn.Module, x: torch.Tensor) -> tuple:
-    return (id(module), id(x), x._version, tuple(p._version for p in module.parameters()))
+    return (id(x), x._version, x.data_ptr(), module.training,
+            tuple((p._version, p.data_ptr()) for p in module.parameters()),
+            tuple((b._version, b.data_ptr()) for b in module.buffers()))
 
 
-def memoized(module: nn.Module, x: torch.Tensor, fn: Optional[Callable[[torch.Tensor], Any]] = None) -> Any:
-    """``(fn or module)(x)``, reused from the active memo (:func:`reuse_within`) when the
-    same ``module`` was called on the same, unmodified tensor ``x`` with unmodified
-    parameters and gradients are off (module docstring); computed (and stored, inside
-    :func:`reuse_within` with gradients off) otherwise.
+def memoized(module: nn.Module, x: torch.Tensor, tag: Hashable = None) -> Any:
+    """``module(x)``, reused from the active memo (:func:`reuse_within`) when the same
+    ``module`` was called on the same, unmodified tensor ``x`` with unmodified parameters
+    and buffers, in the same train/eval mode, with gradients off (module docstring);
+    computed (and stored, inside :func:`reuse_within` with gradients off) otherwise.
 
     Args:
-        module: the network (its parameters' versions are part of the key).
-        x: its input tensor (identity and ``_version`` are part of the key; the memo holds
-            a reference to it, so its id cannot be reused while stored). One entry is kept
-            per module, so an input that changes every call (a particle-dependent one)
-            holds one input and output, not one per call.
-        fn: what to compute from ``x`` (default ``module``); must be a function of
-            ``module`` and ``x`` only (no randomness, no other state).
+        module: the network (its parameters' and buffers' versions and storages and its
+            ``training`` flag are part of the key).
+        x: its input tensor (identity, ``_version`` and storage are part of the key; the
+            memo holds a reference to it, so its id cannot be reused while stored). One
+            entry is kept per ``(module, tag)``, so an input that changes every call (a
+            particle-dependent one) holds one input and output, not one per call.
+        tag: tells apart calls of the same module that the caller means as different
+            computations (a hashable value; default ``None``). The call computed is
+            always ``module(x)``.
+
+    Returns:
+        what ``module(x)`` returns. A reused output is the very same object as the first
+        call's: do not modify it in place.
+
+    Limits:
+        Changes made through ``tensor.data`` (``p.data.add_(...)``) bypass PyTorch's
+        version counters and are not seen: modify parameters under ``torch.no_grad()``
+        (as optimisers and ``load_state_dict`` do), not through ``.data``, while a memo
+        is active. Under ``torch.inference_mode()`` (or on inference tensors) nothing is
+        reused or stored (such tensors carry no version counter).
     """
     memo = getattr(_state, "memo", None)
-    fn = module if fn is None else fn
-    if memo is None or torch.is_grad_enabled():
-        return fn(x)
+    if (memo is None or torch.is_grad_enabled() or torch.is_inference_mode_enabled()
+            or x.is_inference()):
+        return module(x)
     key = _key(module, x)
-    hit = memo.get(id(module))
-    if hit is not None and hit[0] == key and hit[1] is x:
-        return hit[2]
-    out = fn(x)
-    memo[id(module)] = (key, x, out)  # one entry per module: a new input replaces the old
+    slot = (id(module), tag)
+    hit = memo.get(slot)
+    if hit is not None and hit[0] == key and hit[1] is x and hit[2] is module:
+        return hit[3]
+    out = module(x)
+    memo[slot] = (key, x, module, out)  # one entry per (module, tag): a new input replaces the old
     return out

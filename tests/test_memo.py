@@ -99,3 +99,42 @@ def test_the_default_chunk_budget_is_smaller_on_the_cpu():
     assert default_element_budget(torch.device("cuda")) == DEFAULT_ELEMENT_BUDGET == 2 ** 24
     # 16 MiB of float32: under glibc's largest dynamic mmap threshold (32 MiB)
     assert CPU_ELEMENT_BUDGET * 4 <= 32 * 2 ** 20
+
+
+def test_memo_keys_on_tag_mode_and_buffers():
+    net, x = Counting(), torch.randn(5, 4)
+    net.register_buffer("shift", torch.zeros(2))
+    memo = {}
+    with torch.no_grad(), reuse_within(memo):
+        a = memoized(net, x)
+        assert memoized(net, x, tag="other") is not a and net.calls == 2  # its own entry
+        assert memoized(net, x) is a and memoized(net, x, tag="other") is not a
+        assert net.calls == 2
+        net.eval()  # train/eval mode is part of the key (dropout, batch norm)
+        memoized(net, x)
+        assert net.calls == 3
+        net.shift.add_(1.0)  # a buffer changed in place
+        memoized(net, x)
+        assert net.calls == 4
+        assert len(memo) == 2
+
+
+def test_memo_is_bypassed_under_inference_mode():
+    net, x = Counting(), torch.randn(5, 4)
+    with torch.inference_mode(), reuse_within({}):
+        xi = torch.randn(5, 4)  # an inference tensor: no version counter
+        memoized(net, xi), memoized(net, xi), memoized(net, x)
+    assert net.calls == 3
+
+
+def test_log_marginal_likelihood_under_inference_mode_matches_no_grad():
+    pyro.clear_param_store()
+    model, guide = build_vae(CFG, (6,))
+    x = torch.bernoulli(torch.full((4, 6), 0.5), generator=torch.Generator().manual_seed(0))
+    pyro.set_rng_seed(3)
+    ref = log_marginal_likelihood(model, guide, x, num_samples=12, chunk_size=4)
+    with torch.inference_mode():
+        xi = x.clone()
+        pyro.set_rng_seed(3)
+        got = log_marginal_likelihood(model, guide, xi, num_samples=12, chunk_size=4)
+    assert torch.allclose(got, ref, atol=1e-6)

@@ -63,5 +63,22 @@ def test_prior_problem_tells_a_corrupt_prior_from_a_stale_one(tmp_path):
     assert problem.startswith("is unreadable") and "earlier training" not in problem
     # the rejection sampler's check says the same (a VQ-VAE-2 run's config)
     (run / "config.json").write_text('{"model": "vqvae2"}')
-    with pytest.raises(Exception, match="is unreadable"):
-        check_rejection_ready(run)
+    from lvm_pyro.training.checkpoint import CheckpointError
+
+    for where in (run, str(run)):  # a path or a string, as a user passes it
+        with pytest.raises(CheckpointError, match="is unreadable"):
+            check_rejection_ready(where)
+    save_checkpoint(run / PRIOR_CHECKPOINT, {"config": {"fitted_to": "an older fingerprint"}})
+    with pytest.raises(CheckpointError, match="earlier training.*fit-prior .* --force"):
+        check_rejection_ready(str(run))
+
+
+@pytest.mark.parametrize("config", [None, "a string", [1, 2]])
+def test_a_prior_whose_config_is_not_a_dict_is_unreadable_not_stale(tmp_path, config):
+    from lvm_pyro.training.prior_stage import prior_problem
+
+    run = _run(tmp_path)
+    save_checkpoint(run / PRIOR_CHECKPOINT, {"config": config})
+    assert not prior_is_current(run)
+    problem = prior_problem(run)
+    assert problem.startswith("is unreadable") and "config dict" in problem

@@ -34,3 +34,20 @@ def test_tensorboard_event_file_holds_scalars_and_images(tmp_path, capsys):
     p = json.loads((plain / "metrics.json").read_text())
     assert m["train_curve"][0]["loss"] == p["train_curve"][0]["loss"]
     assert m["test_nll"] == p["test_nll"]
+
+
+def test_a_flow_run_logs_samples_but_no_reconstructions(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "flow"
+    assert main(["fit", "--model", "flow", "--num-scales", "1", "--num-couplings", "1",
+                 "--hidden-channels", "4", "--epochs", "1", "--num-test", "20",
+                 "--num-samples", "4", "--no-progress", "--out", str(out),
+                 "--logger", "tensorboard"]) == 0
+    capsys.readouterr()
+    (events,) = (out / "tensorboard").glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    images = set(acc.Tags()["images"])
+    assert "samples" in images and "reconstructions" not in images
+    assert "test/nll" in set(acc.Tags()["scalars"])

@@ -53,8 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--force", action="store_true",
                    help="replace a run already in --out: every file its commands wrote is "
                         "removed first (config, checkpoint, metrics, pictures, evaluation, "
-                        "diagnostics and fit-prior files, and the pictures of `lvm-pyro "
-                        "sample` in OUT/sample/, which show the old model); other files stay")
+                        "diagnostics, fit-prior and fit-classifier files, disentanglement.json, "
+                        "tensorboard/, and what `lvm-pyro sample` wrote in OUT/sample/, "
+                        "which shows the old model); other files stay")
     p.add_argument("--logger", default="none", choices=("none", "tensorboard"),
                    help="tensorboard: per-epoch train loss, test ELBO / NLL, KL per latent "
                         "dimension, sample and reconstruction grids under OUT/tensorboard/ "

@@ -119,7 +119,7 @@ class BernoulliLikelihood(Likelihood):
             v = x[bad].flatten()[0].item()
             raise ValueError(
                 f"site '{site}': Bernoulli likelihood needs binary data in {{0, 1}}, found "
-                f"value {v:g} ({int(bad.sum())} of {x.numel()} entries). Binarise the data "
+                f"value {v:.9g} ({int(bad.sum())} of {x.numel()} entries). Binarise the data "
                 "(lvm_pyro.data.binarize; CLI --binarization dynamic|static, Trainer "
                 "binarization=...) or use a likelihood for real-valued data (CLI "
                 "--likelihood gaussian --binarization dequantize)")

@@ -127,20 +127,35 @@ def _run_num_test(run_dir: Path) -> Optional[int]:
     return int(n) if isinstance(n, int) and n > 0 else None
 
 
+def _prior_config(prior: Path) -> dict:
+    """The ``config`` dict of the prior checkpoint at ``prior``.
+
+    Raises:
+        CheckpointError: unreadable (corrupt, truncated, not a checkpoint) or without a
+            ``config`` dict.
+    """
+    payload = load_checkpoint(prior)
+    config = payload.get("config") if isinstance(payload, dict) else None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{prior} has no config dict (got {type(config).__name__}); it "
+                              "was not written by lvm-pyro fit-prior")
+    return config
+
+
 def prior_is_current(run_dir: str | Path) -> bool:
     """True when ``run_dir`` holds a prior checkpoint fitted to the run's present
     checkpoint: the fingerprint the prior recorded (``config["fitted_to"]``) equals that
     of ``checkpoint.pt`` now, so a copied run directory keeps its prior and a retrained
     run's prior is stale. A prior written before fingerprints were recorded counts as
     current when it is not older than the run's checkpoint. A prior file that cannot be
-    read is not current."""
+    read (:func:`prior_problem`) is not current."""
     run_dir = Path(run_dir)
     prior, run = run_dir / PRIOR_CHECKPOINT, run_dir / CHECKPOINT_FILE
     if not (prior.exists() and run.exists()):
         return False
     try:
-        recorded = load_checkpoint(prior)["config"].get("fitted_to")
-    except (CheckpointError, KeyError, AttributeError):
+        recorded = _prior_config(prior).get("fitted_to")
+    except CheckpointError:
         return False
     if recorded is None:  # a prior fitted before fingerprints were recorded
         return prior.stat().st_mtime >= run.stat().st_mtime
@@ -149,17 +164,18 @@ def prior_is_current(run_dir: str | Path) -> bool:
 
 def prior_problem(run_dir: str | Path) -> Optional[str]:
     """Why the run's prior file cannot be used, in words for a message: ``"is unreadable
-    (...)"`` (a corrupt or truncated file) or ``"was fitted to an earlier training of the
-    run (its checkpoint has changed since)"``; ``None`` when there is no prior file or it
-    is current (:func:`prior_is_current`)."""
+    (...)"`` (a corrupt or truncated file, or one without a config dict) or ``"was fitted
+    to an earlier training of the run (its checkpoint has changed since)"``; ``None`` when
+    there is no prior file or it is current (:func:`prior_is_current`)."""
     run_dir = Path(run_dir)
     prior = run_dir / PRIOR_CHECKPOINT
     if not prior.exists() or prior_is_current(run_dir):
         return None
     try:
-        load_checkpoint(prior)["config"]
-    except (CheckpointError, KeyError, TypeError) as e:
-        return f"is unreadable ({e})"
+        _prior_config(prior)
+    except CheckpointError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"is unreadable ({first[:300]})"
     return "was fitted to an earlier training of the run (its checkpoint has changed since)"
 
 

@@ -61,6 +61,7 @@ def check_rejection_ready(run_dir: str | Path) -> None:
     from .prior_stage import PRIOR_CHECKPOINT, prior_is_current, prior_problem
     from .run import read_run_config
 
+    run_dir = Path(run_dir)
     cfg, _ = read_run_config(run_dir)
     if cfg.model_name != "vqvae2":
         raise ValueError(f"classifier rejection needs a VQ-VAE-2 run with class-conditional "

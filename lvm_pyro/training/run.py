@@ -301,7 +301,8 @@ def _train_run(config: RunConfig, out: Path, ctx: DistributedContext, *, resume:
     if logger == "tensorboard" and ctx.is_main:
         board = TensorBoardLogger(out, model, guide,
                                   prepare_data(config, "test", device)[:200], seed=seed,
-                                  offset_nats=offset)
+                                  offset_nats=offset,
+                                  reconstructions=config.model_name != "flow")
         callbacks.append(board)
     trainer = Trainer(model, guide, elbo, lr=config.train.lr, aggressive=aggressive,
                       batch_size=config.train.batch_size, seed=seed,

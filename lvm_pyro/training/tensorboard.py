@@ -40,6 +40,8 @@ class TensorBoardLogger:
         seed: seed of the callback's own draws.
         offset_nats: nats added to the density's -log p to bound the discrete -log P
             (:func:`lvm_pyro.inference.bits_per_dim_offset`; 0 for discrete likelihoods).
+        reconstructions: also log test images above their reconstructions (``False`` for
+            an invertible flow, whose only latent is dequantisation noise).
 
     Raises:
         ValueError: ``num_samples < 1`` or empty ``x_test``.
@@ -47,7 +49,7 @@ class TensorBoardLogger:
 
     def __init__(self, run_dir: str | Path, model: Callable, guide: Callable,
                  x_test: torch.Tensor, *, num_samples: int = 100, seed: int = 0,
-                 offset_nats: float = 0.0):
+                 offset_nats: float = 0.0, reconstructions: bool = True):
         from torch.utils.tensorboard import SummaryWriter
 
         if num_samples < 1:
@@ -57,6 +59,7 @@ class TensorBoardLogger:
         self.model, self.guide, self.x = model, guide, x_test
         self.num_samples, self.seed = int(num_samples), int(seed)
         self.offset = float(offset_nats)
+        self.reconstructions = bool(reconstructions)
         self.path = Path(run_dir) / TENSORBOARD_DIR
         self.writer = SummaryWriter(log_dir=str(self.path))
         self._latent = None
@@ -100,6 +103,7 @@ class TensorBoardLogger:
 
             grid = make_grid(prior_samples(self.model, x[:64]).clamp(0, 1).float().cpu(), nrow=8)
             w.add_image("samples", grid, epoch)
+        if x.dim() == 4 and self.reconstructions:
             xs = x[:32]
             rec = reconstruct(self.model, self.guide, xs)
             pairs = torch.stack([xs, rec], 1).flatten(0, 1)  # original, reconstruction, ...

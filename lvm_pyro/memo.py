@@ -11,7 +11,7 @@ paper's one-layer VAE is about 3% of each chunk's time on a CPU.
 chunks) on this thread; :func:`memoized` returns a stored output when it is active,
 gradients are off, and the input is the very same tensor, unmodified (same ``_version``),
 through a module whose parameters and buffers are unmodified (same ``_version`` and
-storage each) and whose train/eval mode is unchanged. Anything else computes afresh
+storage each) and whose train/eval mode is unchanged. Changes of those compute afresh
 (see :func:`memoized` for what the key cannot see: writes through ``.data``). Outside :func:`reuse_within` (training, any call with gradients)
 nothing is stored. A guide of a user's own opts in by calling :func:`memoized` on its
 encoder (as :class:`lvm_pyro.guides.AmortizedNormalGuide` does).
@@ -50,6 +50,19 @@ def _key(module: nn.Module, x: torch.Tensor) -> tuple:
             tuple((b._version, b.data_ptr()) for b in module.buffers()))
 
 
+def _stochastic_or_pyro(module: nn.Module) -> bool:
+    """True when ``module(x)`` may differ between calls in ways the key cannot see: a
+    dropout or batch-norm layer in training mode, or Pyro parameters (``PyroParam``,
+    read from the param store on access)."""
+    for m in module.modules():
+        if m.training and isinstance(m, (nn.modules.dropout._DropoutNd,
+                                         nn.modules.batchnorm._BatchNorm)):
+            return True
+        if getattr(m, "_pyro_params", None):
+            return True
+    return False
+
+
 def memoized(module: nn.Module, x: torch.Tensor, tag: Hashable = None) -> Any:
     """``module(x)``, reused from the active memo (:func:`reuse_within`) when the same
     ``module`` was called on the same, unmodified tensor ``x`` with unmodified parameters
@@ -76,11 +89,16 @@ def memoized(module: nn.Module, x: torch.Tensor, tag: Hashable = None) -> Any:
         version counters and are not seen: modify parameters under ``torch.no_grad()``
         (as optimisers and ``load_state_dict`` do), not through ``.data``, while a memo
         is active. Under ``torch.inference_mode()`` (or on inference tensors) nothing is
-        reused or stored (such tensors carry no version counter).
+        reused or stored (such tensors carry no version counter), nor for a module with a
+        dropout or batch-norm layer in training mode or with Pyro parameters. Not seen
+        either: plain Python attributes read in ``forward``, parametrizations' attributes,
+        the train/eval flag of submodules other than dropout / batch norm, and autocast:
+        use the memo only for deterministic networks whose output depends on ``x``,
+        their parameters and buffers alone.
     """
     memo = getattr(_state, "memo", None)
     if (memo is None or torch.is_grad_enabled() or torch.is_inference_mode_enabled()
-            or x.is_inference()):
+            or x.is_inference() or _stochastic_or_pyro(module)):
         return module(x)
     key = _key(module, x)
     slot = (id(module), tag)

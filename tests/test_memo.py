@@ -138,3 +138,14 @@ def test_log_marginal_likelihood_under_inference_mode_matches_no_grad():
         pyro.set_rng_seed(3)
         got = log_marginal_likelihood(model, guide, xi, num_samples=12, chunk_size=4)
     assert torch.allclose(got, ref, atol=1e-6)
+
+
+def test_memo_is_bypassed_for_dropout_in_training_mode():
+    net = nn.Sequential(nn.Dropout(0.5), Counting())
+    x = torch.randn(50, 4)
+    with torch.no_grad(), reuse_within({}):
+        a, b = memoized(net, x), memoized(net, x)
+        assert net[1].calls == 2 and not torch.equal(a, b)  # fresh masks
+        net.eval()
+        memoized(net, x), memoized(net, x)
+        assert net[1].calls == 3  # deterministic in eval mode: reused

@@ -82,3 +82,12 @@ def test_a_prior_whose_config_is_not_a_dict_is_unreadable_not_stale(tmp_path, co
     assert not prior_is_current(run)
     problem = prior_problem(run)
     assert problem.startswith("is unreadable") and "config dict" in problem
+
+
+def test_a_missing_run_checkpoint_is_named_not_called_a_retraining(tmp_path):
+    from lvm_pyro.training.prior_stage import prior_problem
+
+    run = _run(tmp_path)
+    save_checkpoint(run / PRIOR_CHECKPOINT, {"config": {"fitted_to": fitted_to(run)}})
+    (run / "checkpoint.pt").unlink()
+    assert "checkpoint.pt is missing" in prior_problem(run)

@@ -176,6 +176,9 @@ def prior_problem(run_dir: str | Path) -> Optional[str]:
     except CheckpointError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return f"is unreadable ({first[:300]})"
+    if not (run_dir / CHECKPOINT_FILE).exists():
+        return (f"cannot be matched to a training: the run's {CHECKPOINT_FILE} is missing "
+                "(restore it, or train the run again)")
     return "was fitted to an earlier training of the run (its checkpoint has changed since)"
 
 

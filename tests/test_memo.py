@@ -16,6 +16,14 @@ from lvm_pyro.training.builders import build_vae
 CFG = {"z_dim": 3, "hidden_dim": 16, "num_hidden": 1, "activation": "tanh", "likelihood": "bernoulli"}
 
 
+def _vae_and_data():
+    """A fresh small VAE (empty param store) and 4 fixed binary points of 6 pixels."""
+    pyro.clear_param_store()
+    model, guide = build_vae(CFG, (6,))
+    x = torch.bernoulli(torch.full((4, 6), 0.5), generator=torch.Generator().manual_seed(0))
+    return model, guide, x
+
+
 class Counting(nn.Module):
     def __init__(self):
         super().__init__()
@@ -55,9 +63,7 @@ def test_memoized_reuses_only_the_same_unmodified_input_and_parameters():
 
 @pytest.mark.parametrize("chunk", [1, 3, 20])
 def test_evaluation_runs_the_encoder_once_and_matches_unchunked(chunk):
-    pyro.clear_param_store()
-    model, guide = build_vae(CFG, (6,))
-    x = torch.bernoulli(torch.full((4, 6), 0.5), generator=torch.Generator().manual_seed(0))
+    model, guide, x = _vae_and_data()
     calls = []
     guide.encoder.register_forward_hook(lambda *a: calls.append(1))
     pyro.set_rng_seed(1)
@@ -81,9 +87,7 @@ def test_evaluation_runs_the_encoder_once_and_matches_unchunked(chunk):
 
 
 def test_encoder_memo_does_not_cross_evaluations_after_a_parameter_update():
-    pyro.clear_param_store()
-    model, guide = build_vae(CFG, (6,))
-    x = torch.bernoulli(torch.full((4, 6), 0.5), generator=torch.Generator().manual_seed(0))
+    model, guide, x = _vae_and_data()
     pyro.set_rng_seed(0)
     before = log_marginal_likelihood(model, guide, x, num_samples=8, chunk_size=2)
     with torch.no_grad():
@@ -128,9 +132,7 @@ def test_memo_is_bypassed_under_inference_mode():
 
 
 def test_log_marginal_likelihood_under_inference_mode_matches_no_grad():
-    pyro.clear_param_store()
-    model, guide = build_vae(CFG, (6,))
-    x = torch.bernoulli(torch.full((4, 6), 0.5), generator=torch.Generator().manual_seed(0))
+    model, guide, x = _vae_and_data()
     pyro.set_rng_seed(3)
     ref = log_marginal_likelihood(model, guide, x, num_samples=12, chunk_size=4)
     with torch.inference_mode():
